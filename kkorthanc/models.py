@@ -1,0 +1,573 @@
+"""Typed ``Patient``, ``Study``, ``Series`` and ``Instance`` models and their relations.
+
+Models are filled from Orthanc's expanded JSON. DICOM values are parsed into Python types
+(see :mod:`kkorthanc.tags`); every main tag the server sent stays in ``main_dicom_tags``
+as its raw string, so a malformed value leaves the typed field ``None`` and loses nothing.
+
+Plain fields never touch the network. Relations (``.studies``, ``.series``, ``.instances``,
+``.patient``, ``.study``) cost at most one request per resource, memoized; a forest links
+them in advance so they cost none.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+
+from . import tags as _tags
+from .tags import PersonName
+
+if TYPE_CHECKING:
+    import numpy
+    import pydicom
+
+    from .client import Orthanc
+
+Level = Literal["Patient", "Study", "Series", "Instance"]
+T = TypeVar("T")
+R = TypeVar("R", bound="Resource")
+
+
+def _lenient(parse: Callable[[str | None], T | None], kind: type) -> BeforeValidator:
+    """A validator that parses DICOM strings and passes through values already typed."""
+
+    def validate(value: Any) -> Any:
+        if isinstance(value, str):
+            # PersonName is a str: it passes through; plain strings are always parsed
+            return value if kind is not str and type(value) is kind else parse(value)
+        if value is None or isinstance(value, kind):
+            return value
+        return None
+
+    return BeforeValidator(validate)
+
+
+def _lenient_multi(parse: Callable[[str | None], tuple[Any, ...] | None]) -> BeforeValidator:
+    def validate(value: Any) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        if isinstance(value, list):
+            return tuple(value)
+        if isinstance(value, str):
+            return parse(value)
+        return None
+
+    return BeforeValidator(validate)
+
+
+DA = Annotated[datetime.date | None, _lenient(_tags.parse_da, datetime.date)]
+TM = Annotated[datetime.time | None, _lenient(_tags.parse_tm, datetime.time)]
+DT = Annotated[datetime.datetime | None, _lenient(_tags.parse_dt, datetime.datetime)]
+IS = Annotated[int | None, _lenient(_tags.parse_is, int)]
+DS = Annotated[float | None, _lenient(_tags.parse_ds, float)]
+Text = Annotated[str | None, _lenient(_tags.parse_str, str)]
+PN = Annotated[PersonName | None, _lenient(_tags.parse_pn, PersonName)]
+MultiDS = Annotated[tuple[float, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_ds))]
+MultiText = Annotated[tuple[str, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_str))]
+MultiPN = Annotated[
+    tuple[PersonName, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_pn))
+]
+OrthancTime = Annotated[
+    datetime.datetime | None, _lenient(_tags.parse_orthanc_datetime, datetime.datetime)
+]
+
+
+def orthanc_id(
+    patient_id: str,
+    study_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> str:
+    """The Orthanc ID of a resource, computed locally from its identifiers.
+
+    Orthanc hashes ``PatientID`` (patients), ``PatientID|StudyInstanceUID`` (studies), and so
+    on down to the SOPInstanceUID, with SHA-1 written as five dash-separated groups of 8.
+    """
+    parts = [patient_id]
+    for uid in (study_instance_uid, series_instance_uid, sop_instance_uid):
+        if uid is None:
+            break
+        parts.append(uid)
+    digest = hashlib.sha1("|".join(parts).encode("utf-8")).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+
+
+# Relation loads hold one of these while they fetch, so that two threads asking for the
+# same relation send one request; striping keeps the lock count independent of tree size.
+_STRIPES = tuple(threading.Lock() for _ in range(64))
+
+
+def _stripe(resource_id: str, relation: str) -> threading.Lock:
+    return _STRIPES[hash((resource_id, relation)) % len(_STRIPES)]
+
+
+class Resource(BaseModel):
+    """Fields and behaviour shared by the four levels."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, extra="ignore", arbitrary_types_allowed=True, frozen=False
+    )
+
+    level: ClassVar[Level]
+    #: Orthanc's REST collection for this level (``patients``, ``studies``, ...)
+    collection: ClassVar[str]
+
+    id: str = Field(alias="ID")
+    """The Orthanc ID (a SHA-1 of the DICOM identifiers)."""
+    main_dicom_tags: dict[str, str] = Field(default_factory=dict, alias="MainDicomTags")
+    """Every main DICOM tag the server sent, as raw strings, modelled or not."""
+    labels: tuple[str, ...] = Field(default=(), alias="Labels")
+    """Labels attached to the resource (Orthanc 1.12+; empty on older servers)."""
+
+    _client: Orthanc | None = PrivateAttr(default=None)
+    _children: tuple[Resource, ...] | None = PrivateAttr(default=None)
+    _parent: Resource | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_orthanc(cls: type[R], data: dict[str, Any], client: Orthanc | None = None) -> R:
+        """Build a model from an expanded Orthanc JSON object."""
+        from .errors import ValidationFailed
+
+        tags = data.get("MainDicomTags") or {}
+        merged = {**tags, **data}
+        try:
+            obj = cls.model_validate(merged)
+        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+            ident = data.get("ID", "?") if isinstance(data, dict) else "?"
+            raise ValidationFailed(f"cannot read {cls.level} {ident}: {exc}") from exc
+        obj._client = client
+        return obj
+
+    # -- identity ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Orthanc:
+        """The client this resource came from (raises if it was built without one)."""
+        if self._client is None:
+            raise RuntimeError(f"{self.level} {self.id} is not attached to a client")
+        return self._client
+
+    @property
+    def path(self) -> str:
+        """The REST path of the resource, e.g. ``/studies/<id>``."""
+        return f"/{self.collection}/{self.id}"
+
+    def _server_key(self) -> str:
+        return self._client.url if self._client is not None else ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Resource):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.id == other.id
+            and self._server_key() == other._server_key()
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.level, self.id, self._server_key()))
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    # -- relations -------------------------------------------------------------------------
+
+    def _load_children(self, relation: str, fetch: Callable[[], Sequence[Resource]]) -> Any:
+        children = self._children
+        if children is not None:
+            return children
+        with _stripe(self.id, relation):
+            if self._children is None:
+                loaded = tuple(fetch())
+                for child in loaded:
+                    child._parent = self
+                self._children = loaded
+            return self._children
+
+    def _load_parent(self, parent_id: str | None, cls: type[R]) -> R:
+        parent = self._parent
+        if parent is not None:
+            return parent  # type: ignore[return-value]
+        if parent_id is None:
+            raise RuntimeError(f"{self.level} {self.id} has no parent")
+        with _stripe(self.id, "parent"):
+            if self._parent is None:
+                self._parent = self.client._get_resource(cls, parent_id)
+            return self._parent  # type: ignore[return-value]
+
+    def _link(self, parent: Resource | None, children: Sequence[Resource] | None) -> None:
+        """Attach already loaded relations (used by the forest; costs nothing)."""
+        if parent is not None:
+            self._parent = parent
+        if children is not None:
+            self._children = tuple(children)
+
+    @property
+    def relations_loaded(self) -> bool:
+        """Whether the children of this resource are in memory."""
+        return self._children is not None
+
+    def refresh(self: R) -> R:
+        """Fetch the resource again (``GET /{level}/{id}``) and forget loaded relations.
+
+        Returns the fresh copy; this object is updated in place too.
+        """
+        fresh = self.client._get_resource(type(self), self.id)
+        for name in type(self).model_fields:
+            object.__setattr__(self, name, getattr(fresh, name))
+        self._children = None
+        self._parent = None
+        return self
+
+    # -- server-side operations ---------------------------------------------------------------
+
+    def delete(self) -> None:
+        """Delete the resource from the server (``DELETE /{level}/{id}``)."""
+        from . import jobs
+
+        jobs.delete_resource(self)
+
+    def anonymize(self: R, *, as_job: bool = False, **options: Any) -> Any:
+        """Anonymize on the server (``POST /{level}/{id}/anonymize``); see :mod:`kkorthanc.jobs`.
+
+        Returns the new resource, or a :class:`~kkorthanc.jobs.Job` with ``as_job=True``.
+        """
+        from . import jobs
+
+        return jobs.anonymize(self, as_job=as_job, **options)
+
+    def modify(self: R, *, as_job: bool = False, **options: Any) -> Any:
+        """Modify on the server (``POST /{level}/{id}/modify``); see :mod:`kkorthanc.jobs`.
+
+        Returns the new resource, or a :class:`~kkorthanc.jobs.Job` with ``as_job=True``.
+        """
+        from . import jobs
+
+        return jobs.modify(self, as_job=as_job, **options)
+
+    def download_archive(self, path: str | Path) -> Path:
+        """Stream the resource's ZIP archive (``GET /{level}/{id}/archive``) to ``path``."""
+        from . import transfer
+
+        return transfer.download_archive(self, Path(path))
+
+    def statistics(self) -> dict[str, Any]:
+        """Disk usage and counts (``GET /{level}/{id}/statistics``), one request."""
+        result: dict[str, Any] = self.client._transport.get_json(f"{self.path}/statistics")
+        return result
+
+    def _repr_html_(self) -> str:
+        from . import display
+
+        return display.resource_html(self)
+
+
+class Patient(Resource):
+    """A patient: the root of a tree of studies."""
+
+    level: ClassVar[Level] = "Patient"
+    collection: ClassVar[str] = "patients"
+
+    patient_id: Text = Field(default=None, alias="PatientID")
+    """PatientID (0010,0020)."""
+    patient_name: PN = Field(default=None, alias="PatientName")
+    """PatientName (0010,0010), with ``.family`` / ``.given`` components."""
+    patient_birth_date: DA = Field(default=None, alias="PatientBirthDate")
+    """PatientBirthDate (0010,0030)."""
+    patient_sex: Text = Field(default=None, alias="PatientSex")
+    """PatientSex (0010,0040): ``M``, ``F`` or ``O``."""
+    other_patient_ids: MultiText = Field(default=None, alias="OtherPatientIDs")
+    """OtherPatientIDs (0010,1000), one entry per value."""
+    study_ids: tuple[str, ...] = Field(default=(), alias="Studies")
+    """Orthanc IDs of the patient's studies."""
+    is_stable: bool | None = Field(default=None, alias="IsStable")
+    """Whether no new instance arrived for the server's ``StableAge`` seconds."""
+    last_update: OrthancTime = Field(default=None, alias="LastUpdate")
+    """When the server last changed this resource."""
+
+    @property
+    def studies(self) -> tuple[Study, ...]:
+        """The patient's studies: one request (``GET /patients/{id}/studies``), memoized."""
+        result: tuple[Study, ...] = self._load_children(
+            "studies", lambda: self.client._children(self, Study, "studies")
+        )
+        return result
+
+    def __repr__(self) -> str:
+        name = str(self.patient_name) if self.patient_name is not None else ""
+        return f"<Patient {self.patient_id or self.id!s} {name!r} {len(self.study_ids)} studies>"
+
+
+class Study(Resource):
+    """A study: one imaging examination of a patient."""
+
+    level: ClassVar[Level] = "Study"
+    collection: ClassVar[str] = "studies"
+
+    study_instance_uid: Text = Field(default=None, alias="StudyInstanceUID")
+    """StudyInstanceUID (0020,000D)."""
+    study_date: DA = Field(default=None, alias="StudyDate")
+    """StudyDate (0008,0020)."""
+    study_time: TM = Field(default=None, alias="StudyTime")
+    """StudyTime (0008,0030)."""
+    study_id: Text = Field(default=None, alias="StudyID")
+    """StudyID (0020,0010), the site's own study number."""
+    accession_number: Text = Field(default=None, alias="AccessionNumber")
+    """AccessionNumber (0008,0050)."""
+    study_description: Text = Field(default=None, alias="StudyDescription")
+    """StudyDescription (0008,1030)."""
+    referring_physician_name: PN = Field(default=None, alias="ReferringPhysicianName")
+    """ReferringPhysicianName (0008,0090)."""
+    institution_name: Text = Field(default=None, alias="InstitutionName")
+    """InstitutionName (0008,0080)."""
+    requested_procedure_description: Text = Field(
+        default=None, alias="RequestedProcedureDescription"
+    )
+    """RequestedProcedureDescription (0032,1060)."""
+    patient_main_dicom_tags: dict[str, str] = Field(
+        default_factory=dict, alias="PatientMainDicomTags"
+    )
+    """The patient's main tags as Orthanc repeats them on each study, raw."""
+    parent_patient_id: str | None = Field(default=None, alias="ParentPatient")
+    """Orthanc ID of the patient."""
+    series_ids: tuple[str, ...] = Field(default=(), alias="Series")
+    """Orthanc IDs of the study's series."""
+    is_stable: bool | None = Field(default=None, alias="IsStable")
+    """Whether no new instance arrived for the server's ``StableAge`` seconds."""
+    last_update: OrthancTime = Field(default=None, alias="LastUpdate")
+    """When the server last changed this resource."""
+
+    @property
+    def patient(self) -> Patient:
+        """The patient: one request (``GET /patients/{id}``) unless already linked, memoized."""
+        return self._load_parent(self.parent_patient_id, Patient)
+
+    @property
+    def series(self) -> tuple[Series, ...]:
+        """The study's series: one request (``GET /studies/{id}/series``), memoized."""
+        result: tuple[Series, ...] = self._load_children(
+            "series", lambda: self.client._children(self, Series, "series")
+        )
+        return result
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """All instances of the study, series by series.
+
+        Costs one request per series whose instances are not loaded yet
+        (``GET /series/{id}/instances``), plus the series listing if needed.
+        """
+        return tuple(instance for series in self.series for instance in series.instances)
+
+    def __repr__(self) -> str:
+        date = self.study_date.isoformat() if self.study_date else "????-??-??"
+        desc = self.study_description or ""
+        return f"<Study {date} {desc!r} {len(self.series_ids)} series>"
+
+
+class Series(Resource):
+    """A series: images of one acquisition within a study."""
+
+    level: ClassVar[Level] = "Series"
+    collection: ClassVar[str] = "series"
+
+    series_instance_uid: Text = Field(default=None, alias="SeriesInstanceUID")
+    """SeriesInstanceUID (0020,000E)."""
+    modality: Text = Field(default=None, alias="Modality")
+    """Modality (0008,0060), e.g. ``CT`` or ``MR``."""
+    series_number: IS = Field(default=None, alias="SeriesNumber")
+    """SeriesNumber (0020,0011)."""
+    series_description: Text = Field(default=None, alias="SeriesDescription")
+    """SeriesDescription (0008,103E)."""
+    series_date: DA = Field(default=None, alias="SeriesDate")
+    """SeriesDate (0008,0021)."""
+    series_time: TM = Field(default=None, alias="SeriesTime")
+    """SeriesTime (0008,0031)."""
+    body_part_examined: Text = Field(default=None, alias="BodyPartExamined")
+    """BodyPartExamined (0018,0015)."""
+    protocol_name: Text = Field(default=None, alias="ProtocolName")
+    """ProtocolName (0018,1030)."""
+    station_name: Text = Field(default=None, alias="StationName")
+    """StationName (0008,1010)."""
+    manufacturer: Text = Field(default=None, alias="Manufacturer")
+    """Manufacturer (0008,0070)."""
+    operators_name: MultiPN = Field(default=None, alias="OperatorsName")
+    """OperatorsName (0008,1070), one entry per operator."""
+    image_orientation_patient: MultiDS = Field(default=None, alias="ImageOrientationPatient")
+    """ImageOrientationPatient (0020,0037): six direction cosines."""
+    expected_number_of_instances: int | None = Field(
+        default=None, alias="ExpectedNumberOfInstances"
+    )
+    """How many instances the series should hold, when the server can tell."""
+    status: Literal["Complete", "Missing", "Inconsistent", "Unknown"] | None = Field(
+        default=None, alias="Status"
+    )
+    """Orthanc's completeness verdict for the series."""
+    parent_study_id: str | None = Field(default=None, alias="ParentStudy")
+    """Orthanc ID of the study."""
+    instance_ids: tuple[str, ...] = Field(default=(), alias="Instances")
+    """Orthanc IDs of the series' instances."""
+    is_stable: bool | None = Field(default=None, alias="IsStable")
+    """Whether no new instance arrived for the server's ``StableAge`` seconds."""
+    last_update: OrthancTime = Field(default=None, alias="LastUpdate")
+    """When the server last changed this resource."""
+
+    @property
+    def study(self) -> Study:
+        """The study: one request (``GET /studies/{id}``) unless already linked, memoized."""
+        return self._load_parent(self.parent_study_id, Study)
+
+    @property
+    def patient(self) -> Patient:
+        """The patient, through the study (each link costs at most one request, memoized)."""
+        return self.study.patient
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """The series' instances: one request (``GET /series/{id}/instances``), memoized."""
+        result: tuple[Instance, ...] = self._load_children(
+            "instances", lambda: self.client._children(self, Instance, "instances")
+        )
+        return result
+
+    def __repr__(self) -> str:
+        number = f"#{self.series_number} " if self.series_number is not None else ""
+        desc = self.series_description or ""
+        return (
+            f"<Series {number}{self.modality or '?'} {desc!r} "
+            f"{len(self.instance_ids)} instances>"
+        )
+
+
+class Instance(Resource):
+    """An instance: one DICOM file."""
+
+    level: ClassVar[Level] = "Instance"
+    collection: ClassVar[str] = "instances"
+
+    sop_instance_uid: Text = Field(default=None, alias="SOPInstanceUID")
+    """SOPInstanceUID (0008,0018)."""
+    instance_number: IS = Field(default=None, alias="InstanceNumber")
+    """InstanceNumber (0020,0013)."""
+    image_position_patient: MultiDS = Field(default=None, alias="ImagePositionPatient")
+    """ImagePositionPatient (0020,0032): x, y, z in mm."""
+    instance_creation_date: DA = Field(default=None, alias="InstanceCreationDate")
+    """InstanceCreationDate (0008,0012)."""
+    instance_creation_time: TM = Field(default=None, alias="InstanceCreationTime")
+    """InstanceCreationTime (0008,0013)."""
+    acquisition_number: IS = Field(default=None, alias="AcquisitionNumber")
+    """AcquisitionNumber (0020,0012)."""
+    number_of_frames: IS = Field(default=None, alias="NumberOfFrames")
+    """NumberOfFrames (0028,0008), for multi-frame images."""
+    file_size: int | None = Field(default=None, alias="FileSize")
+    """Size of the stored DICOM file in bytes."""
+    file_uuid: str | None = Field(default=None, alias="FileUuid")
+    """Orthanc's storage UUID of the DICOM file."""
+    index_in_series: int | None = Field(default=None, alias="IndexInSeries")
+    """Position of the instance in its series, as Orthanc computed it."""
+    parent_series_id: str | None = Field(default=None, alias="ParentSeries")
+    """Orthanc ID of the series."""
+
+    @property
+    def series(self) -> Series:
+        """The series: one request (``GET /series/{id}``) unless already linked, memoized."""
+        return self._load_parent(self.parent_series_id, Series)
+
+    @property
+    def study(self) -> Study:
+        """The study, through the series (each link at most one request, memoized)."""
+        return self.series.study
+
+    @property
+    def patient(self) -> Patient:
+        """The patient, through series and study (each link at most one request, memoized)."""
+        return self.series.study.patient
+
+    # -- content -------------------------------------------------------------------------------
+
+    def read_bytes(self) -> bytes:
+        """The DICOM file (``GET /instances/{id}/file``), one request."""
+        return self.client._transport.request("GET", f"{self.path}/file").content
+
+    def save(self, path: str | Path) -> Path:
+        """Stream the DICOM file to ``path`` (``GET /instances/{id}/file``), one request.
+
+        The file is written under a temporary name and renamed when complete, so an
+        interrupted download never leaves a truncated file behind.
+        """
+        from . import transfer
+
+        return transfer.save_instance(self, Path(path))
+
+    def tags(self) -> dict[str, Any]:
+        """All tags, simplified to keyword -> value (``GET /instances/{id}/tags?simplify``)."""
+        result: dict[str, Any] = self.client._transport.get_json(
+            f"{self.path}/tags", {"simplify": ""}
+        )
+        return result
+
+    def dataset(self) -> pydicom.Dataset:
+        """The file parsed by pydicom (needs the ``dicom`` extra); one request."""
+        try:
+            import pydicom
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("Instance.dataset() needs pip install 'kkorthanc[dicom]'") from exc
+        from io import BytesIO
+
+        return pydicom.dcmread(BytesIO(self.read_bytes()))
+
+    def pixels(self) -> numpy.ndarray[Any, Any]:
+        """The pixel data as a numpy array (needs the ``dicom`` extra); one request."""
+        array: numpy.ndarray[Any, Any] = self.dataset().pixel_array
+        return array
+
+    def __repr__(self) -> str:
+        number = self.instance_number if self.instance_number is not None else "?"
+        return f"<Instance #{number} {self.sop_instance_uid or self.id}>"
+
+
+LEVEL_CLASSES: dict[str, type[Resource]] = {
+    "patient": Patient,
+    "study": Study,
+    "series": Series,
+    "instance": Instance,
+}
+
+
+def level_class(level: str) -> type[Resource]:
+    """The model class for a level name in any case (``"Study"``, ``"study"``, ``"STUDIES"``)."""
+    key = level.strip().lower()
+    aliases = {"patients": "patient", "studies": "study", "instances": "instance"}
+    key = aliases.get(key, key)
+    try:
+        return LEVEL_CLASSES[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown level {level!r}: use 'patient', 'study', 'series' or 'instance'"
+        ) from None
+
+
+__all__ = [
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LEVEL_CLASSES",
+    "PN",
+    "TM",
+    "Instance",
+    "Level",
+    "Patient",
+    "Resource",
+    "Series",
+    "Study",
+    "Text",
+    "level_class",
+    "orthanc_id",
+]
