@@ -264,7 +264,10 @@ class Orthanc:
 
         ``POST /tools/lookup``, then one ``GET`` per match (usually one).
         """
-        matches = self._transport.post_json("/tools/lookup", value, repeatable=True) or []
+        response = self._transport.request(
+            "POST", "/tools/lookup", data=value.encode("utf-8"), repeatable=True
+        )
+        matches = response.json() if response.content else []
         found: list[Resource] = []
         for match in matches:
             cls = level_class(str(match["Type"]))
