@@ -1,1 +1,512 @@
-"""(in progress)"""
+"""Server-side operations on stored resources, and the jobs that run them.
+
+Deleting, anonymizing and modifying happen on the server. Small resources are handled
+synchronously: the answer names the new resource, which is fetched once and returned typed.
+Large ones can run as a server job (``as_job=True``): the call returns a :class:`Job` at once,
+and :meth:`Job.wait` polls it until it ends, raising :class:`~kkorthanc.errors.JobFailed` with
+Orthanc's own error when it fails and :class:`~kkorthanc.errors.JobTimeout` when time runs out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from . import tags as _tags
+from .errors import JobFailed, JobTimeout, OrthancError, ValidationFailed
+from .models import Instance, OrthancTime, Resource, level_class
+
+if TYPE_CHECKING:
+    from .client import Orthanc
+
+R = TypeVar("R", bound=Resource)
+
+JobState = Literal["Pending", "Running", "Success", "Failure", "Paused", "Retry"]
+#: states a job never leaves by itself
+FINAL_STATES: frozenset[str] = frozenset({"Success", "Failure"})
+
+
+class InvalidRequest(OrthancError, ValueError):
+    """An argument cannot be turned into a request the server would accept.
+
+    Raised before anything is sent; the message names the argument that was wrong.
+    """
+
+
+class NoResultingResource(OrthancError):
+    """A job finished without producing a resource (e.g. a C-STORE job)."""
+
+
+class Job(BaseModel):
+    """A job on the server, as ``GET /jobs/{id}`` describes it.
+
+    Plain fields never touch the network; :meth:`refresh`, :meth:`wait` and the control
+    methods do, and each says what it costs.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    id: str = Field(alias="ID")
+    """The job's ID on the server (a UUID)."""
+    type: str = Field(default="", alias="Type")
+    """What the job does: ``DicomMoveScu``, ``DicomModalityStore``, ``ResourceModification``..."""
+    state: JobState = Field(alias="State")
+    """``Pending``, ``Running``, ``Success``, ``Failure``, ``Paused`` or ``Retry``."""
+    progress: int = Field(default=0, alias="Progress")
+    """Percentage done, 0 to 100."""
+    priority: int = Field(default=0, alias="Priority")
+    """Scheduling priority: higher runs first."""
+    error_code: int | None = Field(default=None, alias="ErrorCode")
+    """Orthanc's error code; 0 while nothing went wrong."""
+    error_description: str = Field(default="", alias="ErrorDescription")
+    """Orthanc's short description of the error code (``Success`` when none)."""
+    error_details: str = Field(default="", alias="ErrorDetails")
+    """Orthanc's detailed reason for a failure, often the most useful part."""
+    creation_time: OrthancTime = Field(default=None, alias="CreationTime")
+    """When the job was submitted (server time)."""
+    completion_time: OrthancTime = Field(default=None, alias="CompletionTime")
+    """When the job ended (server time); ``None`` while it runs."""
+    timestamp: OrthancTime = Field(default=None, alias="Timestamp")
+    """When the server produced this description."""
+    effective_runtime: float | None = Field(default=None, alias="EffectiveRuntime")
+    """Seconds the job actually ran."""
+    content: dict[str, Any] = Field(default_factory=dict, alias="Content")
+    """Job-specific details: for a modification ``ID``, ``Path`` and ``Type`` of the result."""
+
+    _client: Orthanc | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_orthanc(cls, data: Any, client: Orthanc | None = None) -> Job:
+        """Build a job from Orthanc's JSON description."""
+        try:
+            job = cls.model_validate(data)
+        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+            ident = data.get("ID", "?") if isinstance(data, dict) else "?"
+            raise ValidationFailed(f"cannot read job {ident}: {exc}") from exc
+        job._client = client
+        return job
+
+    @property
+    def client(self) -> Orthanc:
+        """The client the job came from."""
+        if self._client is None:
+            raise RuntimeError(f"job {self.id} is not attached to a client")
+        return self._client
+
+    @property
+    def path(self) -> str:
+        """The REST path of the job, ``/jobs/<id>``."""
+        return f"/jobs/{self.id}"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job ended, successfully or not (as of the last refresh)."""
+        return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the job ended successfully (as of the last refresh)."""
+        return self.state == "Success"
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.type or '?'} {self.state} {self.progress}%>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    # -- network ---------------------------------------------------------------------------
+
+    def refresh(self) -> Job:
+        """Fetch the job's current state (``GET /jobs/{id}``), one request.
+
+        Updates this object in place and returns it.
+        """
+        fresh = Job.from_orthanc(self.client._transport.get_json(self.path), self._client)
+        for name in type(self).model_fields:
+            object.__setattr__(self, name, getattr(fresh, name))
+        if fresh.__pydantic_extra__ is not None:
+            object.__setattr__(self, "__pydantic_extra__", dict(fresh.__pydantic_extra__))
+        return self
+
+    def wait(self, timeout: float | None = 300.0, poll: float = 0.05, max_poll: float = 1.0) -> Job:
+        """Poll the job until it ends (``GET /jobs/{id}``, one request per poll).
+
+        The first poll is sent at once, unless the job is already known to have ended; the
+        delay between polls starts at ``poll`` seconds and grows by half each time up to
+        ``max_poll``. Polling stops at the first final state seen, so the requests sent
+        depend only on the states the server reports, not on timing.
+
+        Args:
+            timeout: seconds to wait in all; ``None`` waits for ever; ``0`` checks once.
+            poll: first delay between polls, in seconds.
+            max_poll: longest delay between polls, in seconds.
+
+        Returns:
+            This job, refreshed, in state ``Success``.
+
+        Raises:
+            JobFailed: the job ended in failure; carries Orthanc's error code, description
+                and details.
+            JobTimeout: the job had not ended after ``timeout`` seconds.
+        """
+        if poll <= 0 or max_poll <= 0:
+            raise InvalidRequest(f"poll and max_poll must be positive, not {poll}, {max_poll}")
+        if timeout is not None and timeout < 0:
+            raise InvalidRequest(f"timeout must be >= 0 or None, not {timeout}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            if not self.finished:
+                self.refresh()
+            if self.state == "Success":
+                return self
+            if self.state == "Failure":
+                raise self._failure()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobTimeout(
+                        f"job {self.id} ({self.type}) still {self.state} at "
+                        f"{self.progress}% after {timeout:g} s"
+                    )
+                time.sleep(min(delay, remaining))
+            else:
+                time.sleep(delay)
+            delay = min(delay * 1.5, max_poll)
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`~kkorthanc.errors.JobFailed` if the job is known to have failed.
+
+        Costs nothing: it looks at the state of the last refresh.
+        """
+        if self.state == "Failure":
+            raise self._failure()
+
+    def _failure(self) -> JobFailed:
+        return JobFailed(self.id, self.error_code, self.error_description, self.error_details)
+
+    def cancel(self) -> Job:
+        """Ask the server to cancel the job (``POST /jobs/{id}/cancel``), then refresh.
+
+        Two requests. A running job stops after its current step, ending in ``Failure``.
+        """
+        return self._control("cancel")
+
+    def pause(self) -> Job:
+        """Ask the server to pause the job (``POST /jobs/{id}/pause``), then refresh.
+
+        Two requests. A pending job pauses at once; a running one after its current step.
+        """
+        return self._control("pause")
+
+    def resume(self) -> Job:
+        """Resume a paused job (``POST /jobs/{id}/resume``), then refresh; two requests."""
+        return self._control("resume")
+
+    def resubmit(self) -> Job:
+        """Run a failed or canceled job again (``POST /jobs/{id}/resubmit``), then refresh.
+
+        Two requests.
+        """
+        return self._control("resubmit")
+
+    def _control(self, action: str) -> Job:
+        self.client._transport.post_json(f"{self.path}/{action}", {})
+        return self.refresh()
+
+    def result_resource(self, timeout: float | None = 300.0) -> Resource:
+        """The resource a modification or anonymization job created, typed.
+
+        Waits for the job first if it has not ended (see :meth:`wait`), then fetches the
+        resource named in the job's content (``GET /{level}/{id}``): one request plus polls.
+
+        Raises:
+            JobFailed: the job failed.
+            NoResultingResource: the job is of a kind that creates no resource.
+        """
+        self.wait(timeout)
+        new_id = self.content.get("ID")
+        level = self.content.get("Type")
+        if not isinstance(new_id, str) or not isinstance(level, str):
+            raise NoResultingResource(f"job {self.id} ({self.type}) created no resource")
+        return self.client._get_resource(level_class(level), new_id)
+
+
+# -- jobs on a server ------------------------------------------------------------------------
+
+
+def list_jobs(client: Orthanc) -> list[Job]:
+    """All jobs the server remembers (``GET /jobs?expand``), one request."""
+    data = client._transport.get_json("/jobs", {"expand": ""}) or []
+    return [Job.from_orthanc(item, client) for item in data]
+
+
+def get_job(client: Orthanc, id: str) -> Job:
+    """One job by ID (``GET /jobs/{id}``), one request.
+
+    Raises:
+        NotFound: the server knows no such job (it may have been forgotten: Orthanc keeps
+            a bounded history, and jobs are per server process).
+    """
+    return Job.from_orthanc(client._transport.get_json(f"/jobs/{id}"), client)
+
+
+def submitted_job(client: Orthanc, answer: Any) -> Job:
+    """The job named by a submission answer (``{ID, Path}``), fetched: one request."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
+        raise ValidationFailed(f"the server did not answer with a job: {answer!r}")
+    return get_job(client, answer["ID"])
+
+
+# -- delete, anonymize, modify -------------------------------------------------------------------
+
+
+def delete_resource(resource: Resource) -> None:
+    """Delete a resource and everything under it (``DELETE /{level}/{id}``), one request.
+
+    Raises:
+        NotFound: the resource is not (or no longer) on the server.
+    """
+    resource.client._transport.delete(resource.path)
+
+
+#: keyword argument -> Orthanc JSON field, for both operations
+_COMMON_OPTIONS: dict[str, str] = {
+    "replace": "Replace",
+    "remove": "Remove",
+    "keep": "Keep",
+    "force": "Force",
+    "keep_source": "KeepSource",
+    "private_creator": "PrivateCreator",
+    "transcode": "Transcode",
+    "priority": "Priority",
+}
+_MODIFY_OPTIONS: dict[str, str] = {**_COMMON_OPTIONS, "remove_private_tags": "RemovePrivateTags"}
+_ANONYMIZE_OPTIONS: dict[str, str] = {
+    **_COMMON_OPTIONS,
+    "dicom_version": "DicomVersion",
+    "keep_private_tags": "KeepPrivateTags",
+}
+_BOOL_OPTIONS = frozenset({"force", "keep_source", "remove_private_tags", "keep_private_tags"})
+_STR_OPTIONS = frozenset({"private_creator", "transcode", "dicom_version"})
+
+
+@overload
+def anonymize(resource: R, *, as_job: Literal[False] = False, **options: Any) -> R: ...
+@overload
+def anonymize(resource: R, *, as_job: Literal[True], **options: Any) -> Job: ...
+@overload
+def anonymize(resource: R, *, as_job: bool, **options: Any) -> R | Job: ...
+def anonymize(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
+    """Anonymize a resource on the server (``POST /{level}/{id}/anonymize``).
+
+    Orthanc gives the copy new UIDs and a new PatientID and PatientName, and removes or
+    empties identifying tags following the DICOM de-identification profile.
+
+    Args:
+        resource: a patient, study, series or instance.
+        as_job: run as a server job and return the :class:`Job` at once (not for instances).
+        replace: ``{keyword: value}`` to set in the copy; dates, times, numbers and lists
+            are written as DICOM strings.
+        remove: keywords to remove.
+        keep: keywords to keep as they are (UIDs need ``force=True``).
+        force: allow changing identifiers (UIDs, PatientID).
+        keep_source: keep the original (Orthanc's default); ``False`` deletes it.
+        dicom_version: the de-identification profile (``"2008"``, ``"2017c"``, ``"2021b"``).
+        keep_private_tags: keep private tags (removed by default).
+        private_creator: private creator for private tags in ``replace``.
+        transcode: transfer syntax UID to transcode the copy to.
+        priority: job priority (with ``as_job``).
+
+    Returns:
+        The new resource, of the same level, fetched typed: two requests (three to four for
+        an instance: its anonymized file is stored back). With ``as_job=True`` the job
+        instead: two requests; see :meth:`Job.result_resource`.
+
+    Raises:
+        InvalidRequest: an unknown option or a value of the wrong type, before any request.
+        BadRequest: the server refused the options (its reason is in the message).
+    """
+    return _transform(resource, "anonymize", _ANONYMIZE_OPTIONS, as_job, options)
+
+
+@overload
+def modify(resource: R, *, as_job: Literal[False] = False, **options: Any) -> R: ...
+@overload
+def modify(resource: R, *, as_job: Literal[True], **options: Any) -> Job: ...
+@overload
+def modify(resource: R, *, as_job: bool, **options: Any) -> R | Job: ...
+def modify(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
+    """Modify a resource on the server (``POST /{level}/{id}/modify``).
+
+    Unless told to keep them, Orthanc gives the modified copy new UIDs below the patient
+    level, so the result is a new resource; the original stays unless ``keep_source=False``.
+
+    Args:
+        resource: a patient, study, series or instance.
+        as_job: run as a server job and return the :class:`Job` at once (not for instances).
+        replace: ``{keyword: value}`` to set; dates, times, numbers and lists are written as
+            DICOM strings. Changing identifiers needs ``force=True``.
+        remove: keywords to remove.
+        keep: keywords to keep, e.g. ``["StudyInstanceUID", "SeriesInstanceUID",
+            "SOPInstanceUID"]`` with ``force=True`` to modify in place.
+        force: allow changing or keeping identifiers.
+        keep_source: keep the original (Orthanc's default); ``False`` deletes it.
+        remove_private_tags: remove all private tags.
+        private_creator: private creator for private tags in ``replace``.
+        transcode: transfer syntax UID to transcode the copy to.
+        priority: job priority (with ``as_job``).
+
+    Returns:
+        The new resource, of the same level, fetched typed: two requests (three to four for
+        an instance). With ``as_job=True`` the job instead: two requests.
+
+    Raises:
+        InvalidRequest: an unknown option or a value of the wrong type, before any request.
+        BadRequest: the server refused the options (its reason is in the message).
+    """
+    return _transform(resource, "modify", _MODIFY_OPTIONS, as_job, options)
+
+
+def _transform(
+    resource: R,
+    operation: str,
+    allowed: Mapping[str, str],
+    as_job: bool,
+    options: Mapping[str, Any],
+) -> R | Job:
+    body = _operation_body(operation, allowed, options)
+    transport = resource.client._transport
+    path = f"{resource.path}/{operation}"
+    if isinstance(resource, Instance):
+        if as_job:
+            raise InvalidRequest(
+                f"an instance is {'anonymized' if operation == 'anonymize' else 'modified'} "
+                "synchronously: as_job applies to patients, studies and series"
+            )
+        return _transform_instance(resource, path, body)  # type: ignore[return-value]
+    if as_job:
+        body["Asynchronous"] = True
+        return submitted_job(resource.client, transport.post_json(path, body))
+    answer = transport.post_json(path, body)
+    if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
+        raise ValidationFailed(f"POST {path}: no new resource in the answer {answer!r}")
+    return resource.client._get_resource(type(resource), answer["ID"])
+
+
+def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> Instance:
+    # The instance routes answer with the new file instead of storing it: store it here.
+    keep_source = body.pop("KeepSource", True)
+    transport = instance.client._transport
+    data = transport.request("POST", path, json_body=body).content
+
+    def store() -> dict[str, Any]:
+        answer: dict[str, Any] = transport.request(
+            "POST", "/instances", data=data, headers={"Content-Type": "application/dicom"}
+        ).json()
+        return answer
+
+    stored = store()
+    if stored.get("ID") == instance.id and stored.get("Status") == "AlreadyStored":
+        # Same identifiers as the original: the server kept the old file.
+        if keep_source:
+            raise InvalidRequest(
+                f"the modified instance keeps the identifiers of {instance.id}, so it cannot "
+                "be stored beside it: pass keep_source=False to replace the original"
+            )
+        delete_resource(instance)
+        stored = store()
+    elif not keep_source:
+        delete_resource(instance)
+    return instance.client.instance(str(stored["ID"]))
+
+
+def _operation_body(
+    operation: str, allowed: Mapping[str, str], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise InvalidRequest(f"{operation}() got an unknown option {name!r}; known: {known}")
+        if value is None:
+            continue
+        if name in _BOOL_OPTIONS and not isinstance(value, bool):
+            raise InvalidRequest(f"{operation}(): {name} must be True or False, not {value!r}")
+        if name in _STR_OPTIONS and not isinstance(value, str):
+            raise InvalidRequest(f"{operation}(): {name} must be a string, not {value!r}")
+        if name == "replace":
+            value = _replacements(operation, value)
+        elif name in ("remove", "keep"):
+            value = _keywords(operation, name, value)
+        elif name == "priority" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidRequest(f"{operation}(): priority must be an integer, not {value!r}")
+        body[allowed[name]] = value
+    return body
+
+
+def _keywords(operation: str, name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidRequest(f"{operation}(): {name} must be a list of tag keywords, not {value!r}")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise InvalidRequest(f"{operation}(): {name} holds a non-keyword {item!r}")
+        out.append(_tags.snake_to_keyword(item) if "_" in item else item)
+    return out
+
+
+def _replacements(operation: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(
+            f"{operation}(): replace must map tag keywords to values, not {value!r}"
+        )
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidRequest(f"{operation}(): replace has a non-keyword key {key!r}")
+        keyword = _tags.snake_to_keyword(key) if "_" in key else key
+        out[keyword] = _dicom_value(operation, keyword, item)
+    return out
+
+
+def _dicom_value(operation: str, keyword: str, value: Any) -> Any:
+    """A Python value as Orthanc's JSON wants it: DICOM strings, lists of datasets kept."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime.datetime):
+        return _tags.datetime_to_dicom(value)
+    if isinstance(value, datetime.date):
+        return _tags.date_to_dicom(value)
+    if isinstance(value, datetime.time):
+        return _tags.time_to_dicom(value)
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{operation}(): {keyword} cannot be a boolean")
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(item, Mapping) for item in value):
+            return [dict(item) for item in value]  # a sequence of items, as Orthanc takes it
+        return "\\".join(str(_dicom_value(operation, keyword, item)) for item in value)
+    raise InvalidRequest(
+        f"{operation}(): cannot write {type(value).__name__} {value!r} into {keyword}"
+    )
+
+
+__all__ = [
+    "FINAL_STATES",
+    "InvalidRequest",
+    "Job",
+    "JobState",
+    "NoResultingResource",
+    "anonymize",
+    "delete_resource",
+    "get_job",
+    "list_jobs",
+    "modify",
+    "submitted_job",
+]

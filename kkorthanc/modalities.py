@@ -1,1 +1,688 @@
-"""(in progress)"""
+"""Remote DICOM modalities configured on the server: C-ECHO, C-FIND, C-MOVE and C-STORE.
+
+The server does the DICOM networking; this module drives it over REST. A :class:`Modality`
+is one entry of the server's ``DicomModalities``. :meth:`Modality.find` queries it and returns
+typed :class:`FindAnswer` objects in two requests however many answers there are;
+:meth:`Modality.retrieve` moves answers into the local server as one job;
+:meth:`Modality.store` sends local resources to the modality.
+
+Network failures come back from the server as HTTP 500 with Orthanc's reason in ``Details``;
+they are raised here as :class:`EchoFailed`, :class:`FindFailed` or :class:`StoreFailed`
+carrying that reason. A C-MOVE runs as a job, so its failure is a
+:class:`~kkorthanc.errors.JobFailed` raised by :meth:`~kkorthanc.jobs.Job.wait`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from . import tags as _tags
+from .errors import BadRequest, NotFound, OrthancError, ServerError, ValidationFailed
+from .jobs import InvalidRequest, Job, submitted_job
+from .models import DA, IS, PN, TM, Level, MultiText, Resource, Text, level_class
+
+if TYPE_CHECKING:
+    from .client import Orthanc
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ModalityError(OrthancError):
+    """A DICOM operation with a remote modality failed.
+
+    Attributes:
+        modality: the modality's name on the server.
+        operation: ``C-ECHO``, ``C-FIND`` or ``C-STORE``.
+        reason: Orthanc's explanation (e.g. ``... TCP Initialization Error: Connection
+            refused``).
+        status: the HTTP status the server answered with.
+    """
+
+    operation: str = "DICOM operation"
+
+    def __init__(self, modality: str, reason: str, status: int | None = None) -> None:
+        self.modality = modality
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{self.operation} with modality {modality!r} failed: {reason}")
+
+
+class EchoFailed(ModalityError):
+    """C-ECHO failed: the modality is unreachable or refused the association."""
+
+    operation = "C-ECHO"
+
+
+class FindFailed(ModalityError):
+    """C-FIND failed."""
+
+    operation = "C-FIND"
+
+
+class StoreFailed(ModalityError):
+    """C-STORE failed, or some instances were not accepted."""
+
+    operation = "C-STORE"
+
+
+class UnknownModality(OrthancError, LookupError):
+    """The server has no modality of that name."""
+
+
+def _modality_error(cls: type[ModalityError], name: str, error: ServerError) -> ModalityError:
+    reason = error.details or error.message or error.orthanc_error or str(error)
+    return cls(name, reason, error.status)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+class Modality(BaseModel):
+    """A remote DICOM node the server knows (one entry of its ``DicomModalities``)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    name: str
+    """The modality's symbolic name on the server, used in REST routes."""
+    aet: str = Field(alias="AET")
+    """The modality's application entity title."""
+    host: str = Field(alias="Host")
+    """Host name or address."""
+    port: int = Field(alias="Port")
+    """DICOM port."""
+    manufacturer: str = Field(default="Generic", alias="Manufacturer")
+    """Manufacturer profile Orthanc uses for this peer's quirks."""
+    local_aet: str = Field(default="", alias="LocalAet")
+    """AET the server calls from for this peer; empty means the server's own."""
+    timeout: int = Field(default=0, alias="Timeout")
+    """DICOM timeout in seconds for this peer; 0 means the server's default."""
+    use_dicom_tls: bool = Field(default=False, alias="UseDicomTls")
+    """Whether associations with this peer use DICOM TLS."""
+    allow_echo: bool = Field(default=True, alias="AllowEcho")
+    """Whether the peer may C-ECHO the server."""
+    allow_find: bool = Field(default=True, alias="AllowFind")
+    """Whether the peer may C-FIND the server."""
+    allow_move: bool = Field(default=True, alias="AllowMove")
+    """Whether the peer may C-MOVE from the server."""
+    allow_get: bool = Field(default=True, alias="AllowGet")
+    """Whether the peer may C-GET from the server."""
+    allow_store: bool = Field(default=True, alias="AllowStore")
+    """Whether the peer may C-STORE to the server."""
+
+    _client: Orthanc | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_orthanc(cls, name: str, data: Any, client: Orthanc | None = None) -> Modality:
+        """Build a modality from its configuration as ``/modalities?expand`` gives it."""
+        if isinstance(data, list) and len(data) >= 3:  # the short [AET, host, port] form
+            data = {"AET": data[0], "Host": data[1], "Port": data[2]}
+        if not isinstance(data, dict):
+            raise ValidationFailed(f"cannot read modality {name!r}: {data!r}")
+        try:
+            modality = cls.model_validate({**data, "name": name})
+        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+            raise ValidationFailed(f"cannot read modality {name!r}: {exc}") from exc
+        modality._client = client
+        return modality
+
+    @property
+    def client(self) -> Orthanc:
+        """The client of the server that knows this modality."""
+        if self._client is None:
+            raise RuntimeError(f"modality {self.name} is not attached to a client")
+        return self._client
+
+    @property
+    def path(self) -> str:
+        """The REST path of the modality, ``/modalities/<name>``."""
+        return f"/modalities/{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<Modality {self.name} {self.aet}@{self.host}:{self.port}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    # -- C-ECHO -------------------------------------------------------------------------------
+
+    def echo(self, timeout: int | None = None) -> None:
+        """Check the modality answers a C-ECHO (``POST /modalities/{name}/echo``), one request.
+
+        Args:
+            timeout: DICOM timeout in seconds for this echo; the server's default otherwise.
+
+        Raises:
+            EchoFailed: the modality could not be reached or refused; ``reason`` says why.
+            NotFound: the server has no modality of this name (any more).
+        """
+        body: dict[str, Any] = {}
+        if timeout is not None:
+            body["Timeout"] = _positive_int("timeout", timeout)
+        try:
+            self.client._transport.post_json(f"{self.path}/echo", body)
+        except ServerError as exc:
+            raise _modality_error(EchoFailed, self.name, exc) from exc
+
+    # -- C-FIND -------------------------------------------------------------------------------
+
+    def find(
+        self,
+        level: str,
+        query: Mapping[str, Any] | None = None,
+        *,
+        timeout: int | None = None,
+        **tags: Any,
+    ) -> list[FindAnswer]:
+        """Query the modality (C-FIND) and return its answers, typed.
+
+        ``POST /modalities/{name}/query`` then ``GET /queries/{id}/answers?expand&simplify``:
+        two requests, however many answers.
+
+        Args:
+            level: ``"patient"``, ``"study"``, ``"series"`` or ``"instance"`` (any case).
+            query: ``{keyword: value}`` to match; merged with ``tags``.
+            timeout: DICOM timeout in seconds for this query.
+            **tags: more matches as keywords or snake_case (``PatientID="KK*"`` or
+                ``patient_id="KK*"``). Values: strings with ``*``/``?`` wildcards, a date,
+                a ``(first, last)`` pair for a range (either may be ``None``), a list for
+                any of several values, or ``None``/``""`` to ask for the tag back.
+
+        The usual tags of the level are asked for as well, so that the typed fields of
+        :class:`FindAnswer` are filled when the modality supports them.
+
+        Raises:
+            FindFailed: the modality could not be queried; ``reason`` says why.
+            InvalidRequest: a level, keyword or value that cannot be sent.
+        """
+        name = level_class(level).level
+        keys = _query_keys(name, {**(query or {}), **tags})
+        body: dict[str, Any] = {"Level": name, "Query": keys}
+        if timeout is not None:
+            body["Timeout"] = _positive_int("timeout", timeout)
+        transport = self.client._transport
+        try:
+            created = transport.post_json(f"{self.path}/query", body)
+        except ServerError as exc:
+            raise _modality_error(FindFailed, self.name, exc) from exc
+        except BadRequest as exc:
+            raise _bad_query(keys, exc) from exc
+        if not isinstance(created, dict) or not isinstance(created.get("ID"), str):
+            raise ValidationFailed(f"POST {self.path}/query: no query in the answer {created!r}")
+        query_id = created["ID"]
+        answers = transport.get_json(f"/queries/{query_id}/answers", {"expand": "", "simplify": ""})
+        if not isinstance(answers, list):
+            raise ValidationFailed(f"GET /queries/{query_id}/answers: expected a JSON list")
+        total = len(answers)
+        return [
+            FindAnswer.from_orthanc(
+                item,
+                level=name,
+                modality=self.name,
+                query_id=query_id,
+                index=index,
+                query_size=total,
+            )
+            for index, item in enumerate(answers)
+        ]
+
+    # -- C-MOVE -------------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        answers: FindAnswer | Iterable[FindAnswer],
+        *,
+        target: str | Modality | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        """Move answers of :meth:`find` to the local server, or to ``target`` (C-MOVE).
+
+        The move runs as one server job; call :meth:`~kkorthanc.jobs.Job.wait` on it.
+
+        Cost: all the answers of one query, or a single answer, move with
+        ``POST /queries/{id}/retrieve`` (or ``.../answers/{n}/retrieve``); any other set is
+        first narrowed by a new query on its UIDs (``POST /modalities/{name}/query``), then
+        moved the same way. One more request fetches the job.
+
+        Args:
+            answers: one answer or several, all from this modality and of one level.
+            target: AET (or modality) to move to; the local server's own AET by default.
+            priority: job priority (higher runs first).
+
+        Raises:
+            InvalidRequest: no answers, answers from another modality or of mixed levels.
+            FindFailed: the narrowing query failed.
+        """
+        chosen = [answers] if isinstance(answers, FindAnswer) else list(answers)
+        if not chosen:
+            raise InvalidRequest("retrieve() needs at least one answer")
+        for answer in chosen:
+            if not isinstance(answer, FindAnswer):
+                raise InvalidRequest(f"retrieve() takes FindAnswer objects, not {answer!r}")
+            if answer.source_modality != self.name:
+                raise InvalidRequest(
+                    f"an answer from modality {answer.source_modality!r} cannot be retrieved "
+                    f"through {self.name!r}"
+                )
+        levels = {answer.level for answer in chosen}
+        if len(levels) > 1:
+            raise InvalidRequest(f"retrieve() needs answers of one level, not {sorted(levels)}")
+        body: dict[str, Any] = {"Synchronous": False}
+        if target is not None:
+            body["TargetAet"] = target.aet if isinstance(target, Modality) else str(target)
+        if priority is not None:
+            body["Priority"] = _int("priority", priority)
+        unique = {(a.query_id, a.index): a for a in chosen}
+        query_ids = {a.query_id for a in chosen}
+        first = chosen[0]
+        if len(unique) == 1:
+            path = f"/queries/{first.query_id}/answers/{first.index}/retrieve"
+        elif len(query_ids) == 1 and len(unique) == first.query_size:
+            path = f"/queries/{first.query_id}/retrieve"
+        else:
+            path = f"/queries/{self._narrowing_query(list(unique.values()))}/retrieve"
+        return submitted_job(self.client, self.client._transport.post_json(path, body))
+
+    def _narrowing_query(self, answers: Sequence[FindAnswer]) -> str:
+        level = answers[0].level
+        keys: dict[str, str] = {}
+        for keyword in _UNIQUE_KEYS[level]:
+            values: list[str] = []
+            for answer in answers:
+                value = answer.tags.get(keyword)
+                if not isinstance(value, str) or not value:
+                    raise InvalidRequest(
+                        f"a {level} answer without {keyword} cannot be retrieved with others; "
+                        "retrieve it alone"
+                    )
+                if value not in values:
+                    values.append(value)
+            keys[keyword] = "\\".join(values)
+        try:
+            created = self.client._transport.post_json(
+                f"{self.path}/query", {"Level": level, "Query": keys}
+            )
+        except ServerError as exc:
+            raise _modality_error(FindFailed, self.name, exc) from exc
+        return str(created["ID"])
+
+    # -- C-STORE ------------------------------------------------------------------------------
+
+    @overload
+    def store(
+        self,
+        resources: Resource | str | Iterable[Resource | str],
+        *,
+        as_job: Literal[False] = False,
+        timeout: int | None = None,
+        priority: int | None = None,
+    ) -> StoreReport: ...
+    @overload
+    def store(
+        self,
+        resources: Resource | str | Iterable[Resource | str],
+        *,
+        as_job: Literal[True],
+        timeout: int | None = None,
+        priority: int | None = None,
+    ) -> Job: ...
+    def store(
+        self,
+        resources: Resource | str | Iterable[Resource | str],
+        *,
+        as_job: bool = False,
+        timeout: int | None = None,
+        priority: int | None = None,
+    ) -> StoreReport | Job:
+        """Send local resources to the modality (C-STORE), ``POST /modalities/{name}/store``.
+
+        Args:
+            resources: patients, studies, series or instances, or their Orthanc IDs.
+            as_job: return the server job at once instead of waiting (one more request
+                fetches it); its failure is raised by :meth:`~kkorthanc.jobs.Job.wait`.
+            timeout: DICOM timeout in seconds for this transfer.
+            priority: job priority.
+
+        Returns:
+            A :class:`StoreReport` (one request), or the :class:`~kkorthanc.jobs.Job`.
+
+        Raises:
+            StoreFailed: the modality could not be reached, or refused instances.
+            InvalidRequest: no resources, or something that is not a resource.
+        """
+        ids = _resource_ids(resources)
+        body: dict[str, Any] = {"Resources": ids, "Synchronous": not as_job}
+        if timeout is not None:
+            body["Timeout"] = _positive_int("timeout", timeout)
+        if priority is not None:
+            body["Priority"] = _int("priority", priority)
+        transport = self.client._transport
+        try:
+            answer = transport.post_json(f"{self.path}/store", body)
+        except ServerError as exc:
+            raise _modality_error(StoreFailed, self.name, exc) from exc
+        if as_job:
+            return submitted_job(self.client, answer)
+        try:
+            report = StoreReport.model_validate(answer)
+        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+            raise ValidationFailed(f"cannot read the C-STORE report: {exc}") from exc
+        if report.failed_instances_count:
+            raise StoreFailed(
+                self.name,
+                f"{report.failed_instances_count} of {report.instances_count} instances "
+                "were not stored",
+            )
+        return report
+
+
+class StoreReport(BaseModel):
+    """What the server says after a synchronous C-STORE."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    instances_count: int = Field(default=0, alias="InstancesCount")
+    """Instances sent."""
+    failed_instances_count: int = Field(default=0, alias="FailedInstancesCount")
+    """Instances the modality did not accept."""
+    local_aet: str = Field(default="", alias="LocalAet")
+    """AET the server called from."""
+    remote_aet: str = Field(default="", alias="RemoteAet")
+    """AET of the modality."""
+    parent_resources: tuple[str, ...] = Field(default=(), alias="ParentResources")
+    """Orthanc IDs of the resources that were asked for."""
+
+
+class FindAnswer(BaseModel):
+    """One C-FIND answer from a modality, with typed fields for the usual tags.
+
+    Every tag the modality sent stays in :attr:`tags` as Orthanc simplified it; a field is
+    ``None`` when the tag was not sent or does not parse.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    level: Level
+    """The query level."""
+    source_modality: str
+    """Name of the modality that answered (on the local server)."""
+    query_id: str
+    """ID of the query on the local server (``/queries/{id}``)."""
+    index: int
+    """Position of this answer in its query (``/queries/{id}/answers/{index}``)."""
+    query_size: int
+    """How many answers the query had."""
+    tags: dict[str, Any] = Field(default_factory=dict)
+    """Every tag of the answer, keyword -> value, as sent."""
+
+    patient_id: Text = Field(default=None, alias="PatientID")
+    """PatientID (0010,0020)."""
+    patient_name: PN = Field(default=None, alias="PatientName")
+    """PatientName (0010,0010)."""
+    patient_birth_date: DA = Field(default=None, alias="PatientBirthDate")
+    """PatientBirthDate (0010,0030)."""
+    patient_sex: Text = Field(default=None, alias="PatientSex")
+    """PatientSex (0010,0040)."""
+    study_instance_uid: Text = Field(default=None, alias="StudyInstanceUID")
+    """StudyInstanceUID (0020,000D)."""
+    study_date: DA = Field(default=None, alias="StudyDate")
+    """StudyDate (0008,0020)."""
+    study_time: TM = Field(default=None, alias="StudyTime")
+    """StudyTime (0008,0030)."""
+    study_description: Text = Field(default=None, alias="StudyDescription")
+    """StudyDescription (0008,1030)."""
+    accession_number: Text = Field(default=None, alias="AccessionNumber")
+    """AccessionNumber (0008,0050)."""
+    modalities_in_study: MultiText = Field(default=None, alias="ModalitiesInStudy")
+    """ModalitiesInStudy (0008,0061), one entry per modality."""
+    number_of_study_related_series: IS = Field(default=None, alias="NumberOfStudyRelatedSeries")
+    """NumberOfStudyRelatedSeries (0020,1206)."""
+    number_of_study_related_instances: IS = Field(
+        default=None, alias="NumberOfStudyRelatedInstances"
+    )
+    """NumberOfStudyRelatedInstances (0020,1208)."""
+    series_instance_uid: Text = Field(default=None, alias="SeriesInstanceUID")
+    """SeriesInstanceUID (0020,000E)."""
+    modality: Text = Field(default=None, alias="Modality")
+    """Modality (0008,0060) of a series, e.g. ``CT``."""
+    series_number: IS = Field(default=None, alias="SeriesNumber")
+    """SeriesNumber (0020,0011)."""
+    series_description: Text = Field(default=None, alias="SeriesDescription")
+    """SeriesDescription (0008,103E)."""
+    number_of_series_related_instances: IS = Field(
+        default=None, alias="NumberOfSeriesRelatedInstances"
+    )
+    """NumberOfSeriesRelatedInstances (0020,1209)."""
+    sop_instance_uid: Text = Field(default=None, alias="SOPInstanceUID")
+    """SOPInstanceUID (0008,0018)."""
+    sop_class_uid: Text = Field(default=None, alias="SOPClassUID")
+    """SOPClassUID (0008,0016)."""
+    instance_number: IS = Field(default=None, alias="InstanceNumber")
+    """InstanceNumber (0020,0013)."""
+
+    @classmethod
+    def from_orthanc(
+        cls,
+        data: Any,
+        *,
+        level: str,
+        modality: str,
+        query_id: str,
+        index: int,
+        query_size: int,
+    ) -> FindAnswer:
+        """Build an answer from one item of ``/queries/{id}/answers?expand&simplify``."""
+        if not isinstance(data, dict):
+            raise ValidationFailed(f"cannot read C-FIND answer {index}: {data!r}")
+        fields = {key: value for key, value in data.items() if isinstance(value, str)}
+        try:
+            return cls.model_validate(
+                {
+                    **fields,
+                    "level": level,
+                    "source_modality": modality,
+                    "query_id": query_id,
+                    "index": index,
+                    "query_size": query_size,
+                    "tags": data,
+                }
+            )
+        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+            raise ValidationFailed(f"cannot read C-FIND answer {index}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        uid = {
+            "Patient": self.patient_id,
+            "Study": self.study_instance_uid,
+            "Series": self.series_instance_uid,
+            "Instance": self.sop_instance_uid,
+        }[self.level]
+        name = f" {str(self.patient_name)!r}" if self.patient_name else ""
+        return f"<FindAnswer {self.level} {uid}{name} from {self.source_modality}>"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+# -- server entry points -------------------------------------------------------------------------
+
+
+def list_modalities(client: Orthanc) -> list[Modality]:
+    """The modalities configured on the server (``GET /modalities?expand``), one request."""
+    data = client._transport.get_json("/modalities", {"expand": ""}) or {}
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"GET /modalities?expand: expected a JSON object, not {data!r}")
+    return [Modality.from_orthanc(name, config, client) for name, config in data.items()]
+
+
+def get_modality(client: Orthanc, name: str) -> Modality:
+    """One configured modality by name (``GET /modalities/{name}/configuration``), one request.
+
+    Raises:
+        UnknownModality: the server has no modality of that name.
+    """
+    if not name or "/" in name:
+        raise InvalidRequest(f"not a modality name: {name!r}")
+    try:
+        data = client._transport.get_json(f"/modalities/{name}/configuration")
+    except NotFound as exc:
+        raise UnknownModality(f"the server has no modality named {name!r}") from exc
+    return Modality.from_orthanc(name, data, client)
+
+
+# -- query building ------------------------------------------------------------------------------
+
+#: keys asked back by default at each level, so the typed answer fields get filled
+DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
+    "Patient": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex"),
+    "Study": (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    "Series": (
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    "Instance": (
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+    ),
+}
+
+#: keys that pin a set of answers down exactly, for a narrowing query
+_UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "Patient": ("PatientID",),
+    "Study": ("StudyInstanceUID",),
+    "Series": ("SeriesInstanceUID",),
+    "Instance": ("SOPInstanceUID",),
+}
+
+
+def _query_keys(level: str, matches: Mapping[str, Any]) -> dict[str, str]:
+    keys: dict[str, str] = dict.fromkeys(DEFAULT_KEYS[level], "")
+    for name, value in matches.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"find(): not a tag keyword: {name!r}")
+        keyword = _tags.snake_to_keyword(name) if name == name.lower() else name
+        keys[keyword] = _query_value(keyword, value)
+    if "SpecificCharacterSet" not in keys and not all(v.isascii() for v in keys.values()):
+        # ask for UTF-8, so the query and the answers can carry any character
+        keys["SpecificCharacterSet"] = "ISO_IR 192"
+    return keys
+
+
+def _query_value(keyword: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime.datetime):
+        return _tags.datetime_to_dicom(value)
+    if isinstance(value, datetime.date):
+        return _tags.date_to_dicom(value)
+    if isinstance(value, datetime.time):
+        return _tags.time_to_dicom(value)
+    if isinstance(value, bool):
+        raise InvalidRequest(f"find(): {keyword} cannot be a boolean")
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, tuple) and len(value) == 2 and not all(isinstance(v, str) for v in value):
+        first, last = (_query_value(keyword, v) for v in value)
+        return f"{first}-{last}"
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else value
+        return "\\".join(_query_value(keyword, v) for v in items)
+    raise InvalidRequest(f"find(): cannot match {keyword} against {type(value).__name__} {value!r}")
+
+
+def _bad_query(keys: Mapping[str, str], error: BadRequest) -> OrthancError:
+    """Explain a refused query by the keywords kkorthanc does not know, if any."""
+    known = (
+        set(_tags.VR_OF)
+        | {k for ks in DEFAULT_KEYS.values() for k in ks}
+        | {
+            "SpecificCharacterSet",
+            "NumberOfPatientRelatedStudies",
+            "NumberOfPatientRelatedSeries",
+            "NumberOfPatientRelatedInstances",
+            "ModalitiesInStudy",
+            "SOPClassesInStudy",
+        }
+    )
+    unknown = [k for k in keys if k not in known and "," not in k]
+    if not unknown:
+        return error
+    hints = []
+    for keyword in unknown:
+        close = _tags.suggest_keywords(keyword)
+        hints.append(f"{keyword!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    reason = error.details or error.message or str(error)
+    return InvalidRequest(
+        f"the server refused the query ({reason}); keywords it may not know: {'; '.join(hints)}"
+    )
+
+
+def _resource_ids(resources: Resource | str | Iterable[Resource | str]) -> list[str]:
+    items: Iterable[Resource | str]
+    items = [resources] if isinstance(resources, Resource | str) else resources
+    ids: list[str] = []
+    for item in items:
+        if isinstance(item, Resource):
+            ids.append(item.id)
+        elif isinstance(item, str) and item:
+            ids.append(item)
+        else:
+            raise InvalidRequest(f"store(): not a resource or an Orthanc ID: {item!r}")
+    if not ids:
+        raise InvalidRequest("store() needs at least one resource")
+    return ids
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer, not {value!r}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if _int(name, value) <= 0:
+        raise InvalidRequest(f"{name} must be a positive number of seconds, not {value!r}")
+    return int(value)
+
+
+__all__ = [
+    "DEFAULT_KEYS",
+    "EchoFailed",
+    "FindAnswer",
+    "FindFailed",
+    "Modality",
+    "ModalityError",
+    "StoreFailed",
+    "StoreReport",
+    "UnknownModality",
+    "get_modality",
+    "list_modalities",
+]
