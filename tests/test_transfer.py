@@ -1,0 +1,540 @@
+"""Uploads of files, folders, archives, bytes and datasets; downloads and exports."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kkorthanc import Orthanc, Unauthorized, orthanc_id, synthetic, transfer
+from kkorthanc.sandbox import free_port
+from kkorthanc.transfer import (
+    ExportFailed,
+    ExportItem,
+    ExportReport,
+    UploadFailed,
+    UploadItem,
+    UploadReport,
+    safe_component,
+)
+
+from .conftest import Servers
+
+pydicom = pytest.importorskip("pydicom")
+
+FIXED_TIME = (2020, 1, 2, 3, 4, 6)
+
+
+@pytest.fixture
+def workers(kk_mode: str) -> int:
+    """Concurrent transfers: 4 against a live server; 1 with cassettes, because the
+    recorder loses interactions that overlap in time."""
+    return 4 if kk_mode == "live" else 1
+
+
+def sample_files(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """The first ``count`` synthetic files of a small spec (about 1.5 KB each)."""
+    spec = synthetic.SyntheticSpec(1, 1, 1, count, seed=seed)
+    return list(synthetic.generate_bytes(spec))
+
+
+def instance_id_of(data: bytes) -> str:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return orthanc_id(ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+def nowhere() -> Orthanc:
+    """A client for a port nothing listens on: any request it sends would fail."""
+    return Orthanc(f"http://127.0.0.1:{free_port()}", auth=("kk", "unused"), retries=0)
+
+
+def write_zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            archive.writestr(zipfile.ZipInfo(name, FIXED_TIME), data)
+    return path
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]], mode: str) -> Path:
+    with tarfile.open(path, mode) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_600_000_000
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+# -- guards, without a server -----------------------------------------------------------------
+
+
+def test_junk_loops_and_bombs_are_reported_and_never_sent(tmp_path: Path) -> None:
+    root = tmp_path / "import"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "notes.txt").write_text("not an image\n")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 300)
+    (root / "DICOMDIR").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 64)
+    (root / "a" / "empty.dcm").write_bytes(b"")
+    (root / "a" / "b" / "loop").symlink_to("../..")  # a directory link back to the root
+    (root / "a" / "dangling").symlink_to(tmp_path / "gone")
+    (root / "a" / "not-a-zip.zip").write_bytes(b"this is no archive")
+    bomb = b"\x00" * (3 * 1024 * 1024)
+    write_zip(root / "a" / "bomb.zip", [("big.dcm", bomb), ("inner.zip", b"PK\x03\x04")])
+    liar = write_zip(root / "a" / "liar.zip", [("small.dcm", bomb)])
+    patch_zip_sizes(liar, 100)
+    tar_path = root / "b.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as archive:
+        link = tarfile.TarInfo("link.dcm")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        archive.addfile(link)
+    client = nowhere()
+    start = time.monotonic()
+    report = transfer.upload(client, root, progress=False, max_member_size=1024 * 1024)
+    assert time.monotonic() - start < 10
+    assert client.request_count == 0
+    by_source = {
+        Path(item.source.split("!")[0]).name + item.source.partition("!")[2]: item
+        for item in report
+    }
+    assert len(by_source) == len(report.items), "an item was reported twice (loop followed)"
+    assert set(by_source) == {
+        "notes.txt",
+        ".DS_Store",
+        "DICOMDIR",
+        "empty.dcm",
+        "dangling",
+        "not-a-zip.zip",
+        "bomb.zipbig.dcm",
+        "bomb.zipinner.zip",
+        "liar.zipsmall.dcm",
+        "b.tar.gzlink.dcm",
+    }
+    assert all(item.status == "rejected" for item in report), report.items
+    reasons = {name: item.error or "" for name, item in by_source.items()}
+    assert "not DICOM" in reasons["notes.txt"]
+    assert "not a DICOM instance" in reasons["DICOMDIR"]
+    assert "not a DICOM instance" in reasons[".DS_Store"]
+    assert reasons["empty.dcm"] == "empty file"
+    assert "No such file" in reasons["dangling"]
+    assert "not a readable ZIP" in reasons["not-a-zip.zip"]
+    assert "max_member_size" in reasons["bomb.zipbig.dcm"]
+    assert "inside archives" in reasons["bomb.zipinner.zip"]
+    assert "links inside archives" in reasons["b.tar.gzlink.dcm"]
+    # a member that declares 100 bytes but inflates to 3 MiB is stopped, never stored whole
+    assert by_source["liar.zipsmall.dcm"].size == 0
+    assert report.counts == {"stored": 0, "already_stored": 0, "rejected": 10, "failed": 0}
+    with pytest.raises(UploadFailed) as caught:
+        report.raise_for_failures()
+    assert "10 of 10 items were not stored" in str(caught.value)
+    assert report.raise_for_failures(rejected=False) is report
+
+
+def patch_zip_sizes(path: Path, declared: int) -> None:
+    """Make a zip's headers claim ``declared`` uncompressed bytes for every member."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset : at + offset + 4] = struct.pack("<I", declared)
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_wrong_sources_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    client = nowhere()
+    with pytest.raises(TypeError, match="cannot upload a int"):
+        client.upload(42, progress=False)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        client.upload(tmp_path / "missing", progress=False)
+    with pytest.raises(ValueError, match="workers"):
+        client.upload(tmp_path, workers=0, progress=False)
+    report = client.upload([tmp_path, 3.5], progress=False)  # inside an iterable: reported
+    assert [(item.source, item.status) for item in report] == [("<float>", "rejected")]
+    assert client.request_count == 0
+
+
+def test_unreachable_server_fails_items_and_stops_sending(tmp_path: Path) -> None:
+    files = [data for _, data in sample_files(6, seed=7)]
+    client = nowhere()
+    report = transfer.upload(client, files, workers=1, progress=False, max_consecutive_failures=2)
+    assert [item.status for item in report] == ["failed"] * 6
+    assert client.request_count == 2  # the rest were not sent once the server looked gone
+    assert "cannot reach" in (report.items[0].error or "")
+    assert "not sent: the server was unreachable" in (report.items[5].error or "")
+    assert report.items[5].size == len(files[5])
+    with pytest.raises(UploadFailed, match="6 of 6 items were not stored"):
+        report.raise_for_failures(rejected=False)
+
+
+def test_progress_bar_shows_and_works_without_tqdm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "notes.txt").write_text("junk")
+    nowhere().upload(tmp_path, progress=True)
+    assert "upload" in capsys.readouterr().err
+    nowhere().upload(tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    monkeypatch.setattr(transfer, "_warned_tqdm", False)
+    assert len(nowhere().upload(tmp_path, progress=False)) == 1
+    with pytest.warns(UserWarning, match="kkorthanc\\[progress\\]"):
+        assert len(nowhere().upload(tmp_path, progress=True)) == 1
+
+
+def test_reports_count_and_name_what_failed() -> None:
+    report = UploadReport(
+        items=[
+            UploadItem("a.dcm", "stored", instance_id="i1", size=10),
+            UploadItem("b.dcm", "already_stored", instance_id="i2", size=5),
+            UploadItem("c.txt", "rejected", error="not DICOM"),
+            UploadItem("d.dcm", "failed", size=7, error="cannot reach"),
+        ],
+        elapsed=2.0,
+    )
+    assert [i.source for i in report.stored] == ["a.dcm"]
+    assert [i.source for i in report.already_stored] == ["b.dcm"]
+    assert report.bytes == 15
+    assert report.instance_ids == ["i1", "i2"]
+    assert not report.ok
+    assert "1 stored, 1 already stored, 1 rejected, 1 failed" in repr(report)
+    with pytest.raises(UploadFailed) as caught:
+        report.raise_for_failures()
+    assert [i.source for i in caught.value.items] == ["c.txt", "d.dcm"]
+    assert "c.txt (rejected: not DICOM)" in str(caught.value)
+    with pytest.raises(UploadFailed) as caught:
+        report.raise_for_failures(rejected=False)
+    assert [i.source for i in caught.value.items] == ["d.dcm"]
+    exported = ExportReport(
+        folder=Path("out"),
+        items=[
+            ExportItem("i1", Path("out/a.dcm"), "written", size=3),
+            ExportItem("i2", Path("out/b.dcm"), "failed", error="boom"),
+        ],
+    )
+    with pytest.raises(ExportFailed, match="1 of 2 items were not written"):
+        exported.raise_for_failures()
+    assert exported.paths == [Path("out/a.dcm")]
+
+
+# -- layout and path safety -------------------------------------------------------------------
+
+
+def test_tag_values_become_safe_file_names() -> None:
+    assert safe_component("../../etc") == ".._.._etc"
+    assert safe_component("..") == "_"
+    assert safe_component("") == "_"
+    assert safe_component("  ") == "_"
+    assert safe_component("a/b\\c\x00d\ne:f") == "a_b_c_d_e_f"
+    assert safe_component("王^小明") == "王^小明"
+    assert len(safe_component("x" * 1000)) == 128
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "",
+        "/abs/{SOPInstanceUID}",
+        "a/../{SOPInstanceUID}",
+        "a//b",
+        "{Bad Field}.dcm",
+        "{PatientID!r}",
+        "C:/x",
+    ],
+)
+def test_bad_layouts_are_refused(layout: str) -> None:
+    with pytest.raises(ValueError, match="layout"):
+        transfer._parse_layout(layout)
+
+
+def test_layout_fields_format_and_unknown_keywords() -> None:
+    pieces = transfer._parse_layout(
+        "{PatientID}/{Modality}-{SeriesNumber:03d}/{InstanceNumber:04d}.dcm"
+    )
+    tags = {"PatientID": "P1", "Modality": "CT", "SeriesNumber": "2", "InstanceNumber": "17 "}
+    assert transfer._relative_path(pieces, tags) == os.path.join("P1", "CT-002", "0017.dcm")
+    # a main tag this instance lacks gives "_"; a name that is no main tag is an error
+    assert transfer._relative_path(transfer._parse_layout("{AccessionNumber}"), {}) == "_"
+    with pytest.raises(ValueError, match="did you mean PatientID"):
+        transfer._relative_path(transfer._parse_layout("{PatientId}"), tags)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(), min_size=3, max_size=3))
+def test_any_tag_values_stay_inside_the_folder(values: list[str]) -> None:
+    pieces = transfer._parse_layout("{PatientID}/{StudyDescription}.{Modality}")
+    tags = dict(zip(["PatientID", "StudyDescription", "Modality"], values, strict=True))
+    relative = transfer._relative_path(pieces, tags)
+    parts = relative.split(os.sep)
+    assert len(parts) == 2
+    assert all(part and part not in (".", "..") and "\x00" not in part for part in parts)
+    root = os.path.abspath("/export-root")
+    assert os.path.normpath(os.path.join(root, relative)).startswith(root + os.sep)
+
+
+# -- uploads against a server -----------------------------------------------------------------
+
+
+def test_upload_files_bytes_datasets_and_junk_then_again(
+    servers: Servers, tmp_path: Path, workers: int
+) -> None:
+    target = servers.new()
+    files = sample_files(4, seed=3)
+    folder = tmp_path / "in"
+    for name, data in files[:2]:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (folder / "readme.txt").write_text("junk")
+    (folder / "bad.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"garbage!" * 4)
+    dataset = pydicom.dcmread(io.BytesIO(files[3][1]))
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()  # the upload supplies one
+    sources = [folder, files[2][1], dataset]
+
+    start = target.request_count
+    report = target.upload(sources, workers=workers, progress=False)
+    assert report.requests == target.request_count - start == 5  # 4 instances + bad.dcm
+    assert [Path(i.source).name for i in report][:4] == [
+        "bad.dcm",
+        "readme.txt",
+        "IM000.dcm",
+        "IM001.dcm",
+    ]
+    assert [i.source for i in report][4:] == ["<bytes #1>", f"<Dataset {dataset.SOPInstanceUID}>"]
+    assert report.counts == {"stored": 4, "already_stored": 0, "rejected": 2, "failed": 0}
+    expected_ids = [instance_id_of(data) for _, data in files]
+    assert report.instance_ids == expected_ids
+    first = report.stored[0]
+    ds = pydicom.dcmread(io.BytesIO(files[0][1]))
+    assert first.parent_patient_id == orthanc_id(ds.PatientID)
+    assert first.parent_series_id == orthanc_id(
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID
+    )
+    assert first.size == len(files[0][1]) and first.seconds > 0
+    bad, junk = report.rejected
+    assert bad.source.endswith("bad.dcm")
+    assert bad.details and bad.error and bad.details in bad.error  # Orthanc's own reason
+    assert junk.details is None and "not DICOM" in (junk.error or "")  # junk is never sent
+    assert "TransferSyntaxUID" not in dataset.file_meta  # the caller's dataset is unchanged
+    assert target.statistics()["CountInstances"] == 4
+
+    again = target.upload(sources, workers=workers, progress=False)
+    assert again.counts == {"stored": 0, "already_stored": 4, "rejected": 2, "failed": 0}
+    assert again.instance_ids == expected_ids
+    assert again.requests == 5
+    assert target.statistics()["CountInstances"] == 4
+
+
+def test_archives_are_read_member_by_member(servers: Servers, tmp_path: Path, workers: int) -> None:
+    target = servers.new()
+    files = sample_files(4, seed=4)
+    junk = ("notes/readme.txt", b"hello")
+    archives = [
+        write_zip(tmp_path / "one.zip", [files[0], junk]),
+        write_tar(tmp_path / "two.tar.gz", [files[1], junk], "w:gz"),
+        write_tar(tmp_path / "three.tar.bz2", [files[2]], "w:bz2"),
+        write_tar(tmp_path / "four.tar", [files[3]], "w"),
+    ]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    report = target.upload(archives, workers=workers, progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing extracted
+    assert [(i.source.replace(f"{tmp_path}{os.sep}", ""), i.status) for i in report] == [
+        (f"one.zip!{files[0][0]}", "stored"),
+        ("one.zip!notes/readme.txt", "rejected"),
+        (f"two.tar.gz!{files[1][0]}", "stored"),
+        ("two.tar.gz!notes/readme.txt", "rejected"),
+        (f"three.tar.bz2!{files[2][0]}", "stored"),
+        (f"four.tar!{files[3][0]}", "stored"),
+    ]
+    assert report.instance_ids == [instance_id_of(data) for _, data in files]
+    assert report.requests == 4
+    assert target.statistics()["CountInstances"] == 4
+
+
+def test_wrong_credentials_stop_the_upload(client: Orthanc) -> None:
+    files = [data for _, data in sample_files(3, seed=5)]
+    with Orthanc(client.url, auth=("kk", "wrong-password")) as intruder:
+        with pytest.raises(Unauthorized):
+            intruder.upload(files, workers=1, progress=False)
+        assert intruder.request_count == 1
+
+
+# -- downloads and exports -----------------------------------------------------------------------
+
+
+def test_export_writes_the_layout_and_resumes(
+    client: Orthanc, tmp_path: Path, workers: int
+) -> None:
+    study = client.studies()[0]
+    out = tmp_path / "export"
+    start = client.request_count
+    report = client.export(study, out, workers=workers, progress=False)
+    count = len(report)
+    series_count = len(study.series_ids)
+    assert count == series_count * synthetic.SAMPLE.instances_per_series
+    # the series listing, one instance listing for the study, one download per file
+    assert client.request_count - start == report.requests == 2 + count
+    assert len(report.written) == count and report.bytes > 0
+    patient_id = study.patient_main_dicom_tags["PatientID"]
+    for series in study.series:
+        for instance in series.instances:
+            path = (
+                out
+                / patient_id
+                / str(study.study_instance_uid)
+                / str(series.series_instance_uid)
+                / f"{instance.sop_instance_uid}.dcm"
+            )
+            assert path.stat().st_size == instance.file_size
+            assert pydicom.dcmread(path).SOPInstanceUID == instance.sop_instance_uid
+    assert not list(out.rglob("*.part"))
+
+    start = client.request_count
+    again = client.export(
+        study, out, workers=workers, progress=False
+    )  # relations are loaded now: no request
+    assert client.request_count == start
+    assert len(again.skipped) == count and not again.written
+
+    fresh = client.study(study.id)
+    victim = report.items[0].path
+    victim.unlink()
+    start = client.request_count
+    resumed = client.export(fresh, out, workers=workers, progress=False)
+    assert client.request_count - start == 2 + 1  # the listings, then the one missing file
+    assert [item.path for item in resumed.written] == [victim]
+    assert len(resumed.skipped) == count - 1
+
+
+def test_export_custom_layout_from_a_series(client: Orthanc, tmp_path: Path, workers: int) -> None:
+    series = client.series(client.studies()[1].series_ids[0])  # not linked to its study
+    start = client.request_count
+    report = client.export(
+        [series],
+        tmp_path,
+        layout="{PatientName}/{Modality}-{SeriesNumber:03d}/{InstanceNumber:04d}.dcm",
+        progress=False,
+        workers=workers,
+    )
+    # the series' study (for the patient's tags), its instances, then the files
+    assert client.request_count - start == 2 + len(report)
+    name = series.study.patient_main_dicom_tags["PatientName"]
+    expected = {
+        tmp_path
+        / safe_component(name)
+        / f"{series.modality}-{series.series_number:03d}"
+        / f"{instance.instance_number:04d}.dcm"
+        for instance in series.instances
+    }
+    assert {item.path for item in report} == expected
+    assert all(path.exists() for path in expected)
+
+
+def test_export_keeps_a_hostile_patient_id_inside_the_folder(
+    servers: Servers, tmp_path: Path, workers: int
+) -> None:
+    target = servers.new()
+    dataset = next(synthetic.generate(synthetic.SyntheticSpec(1, 1, 1, 1, seed=11)))
+    dataset.PatientID = "../../etc"
+    target.upload(dataset, workers=workers, progress=False).raise_for_failures()
+    out = tmp_path / "deep" / "out"
+    report = target.export(
+        target.patients(), out, workers=workers, progress=False
+    ).raise_for_failures()
+    (item,) = report.items
+    assert item.status == "written"
+    assert item.path.parent.parent.parent.name == ".._.._etc"
+    assert item.path.is_relative_to(out.resolve())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+    assert pydicom.dcmread(item.path).PatientID == "../../etc"
+
+
+def test_download_archive_is_a_zip_of_the_study(client: Orthanc, tmp_path: Path) -> None:
+    study = client.studies()[2]
+    start = client.request_count
+    path = study.download_archive(tmp_path / "study.zip")
+    assert client.request_count - start == 1
+    assert path == tmp_path / "study.zip"
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        names = [n for n in archive.namelist() if n.lower().endswith(".dcm")]
+    assert len(names) == len(study.series_ids) * synthetic.SAMPLE.instances_per_series
+    assert [p.name for p in tmp_path.iterdir()] == ["study.zip"]
+
+
+def test_save_writes_the_same_bytes_as_read_bytes(client: Orthanc, tmp_path: Path) -> None:
+    instance = client.studies()[3].series[1].instances[2]
+    start = client.request_count
+    path = instance.save(tmp_path / "one.dcm")
+    into_folder = instance.save(tmp_path)
+    assert client.request_count - start == 2
+    assert into_folder == tmp_path / f"{instance.sop_instance_uid}.dcm"
+    data = instance.read_bytes()
+    assert path.read_bytes() == data == into_folder.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["one.dcm", into_folder.name])
+
+
+# -- a server that goes away in the middle of an import -------------------------------------------
+
+
+@pytest.mark.live_only
+def test_server_stopped_mid_import_then_import_again(servers: Servers, tmp_path: Path) -> None:
+    target = servers.new()
+    sandbox = servers.sandbox_of(target)
+    spec = synthetic.SyntheticSpec(5, 2, 5, 6, seed=21)
+    synthetic.write_tree(spec, tmp_path)
+    total = spec.total_instances
+    reports: list[UploadReport] = []
+    with Orthanc(sandbox.url, auth=sandbox.auth, retries=1, timeout=(1, 5)) as fragile:
+
+        def run() -> None:
+            reports.append(fragile.upload(tmp_path, workers=2, progress=False))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while fragile.request_count < total // 4 and thread.is_alive():
+            time.sleep(0.002)
+        # SIGKILL: on SIGTERM Orthanc keeps serving open keep-alive connections until they
+        # go idle, so an upload in full swing would simply finish
+        assert sandbox.process is not None
+        sandbox.process.kill()
+        sandbox.process.wait(timeout=15)
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    sandbox.restart()  # same storage, same ports
+    (first,) = reports
+    assert first.total == total
+    counts = first.counts
+    assert counts["failed"] > 0, counts
+    assert (
+        counts["stored"] + counts["already_stored"] + counts["rejected"] + counts["failed"] == total
+    )
+    assert counts["rejected"] == 0
+    for item in first.failed:
+        assert item.error and item.source.endswith(".dcm")
+    with pytest.raises(UploadFailed, match="were not stored"):
+        first.raise_for_failures()
+
+    second = target.upload(tmp_path, progress=False)
+    assert second.counts["failed"] == 0 and second.counts["rejected"] == 0
+    assert target.statistics()["CountInstances"] == total
+    status = {item.source: item.status for item in second}
+    # what the first run stored is found there; only what it could not confirm is sent anew
+    assert all(status[item.source] == "already_stored" for item in first.stored)
+    failed_first = {item.source for item in first.failed}
+    assert {item.source for item in second.stored} <= failed_first
+    assert len(second.stored) + len(first.stored) <= total
+    # items whose answer was lost when the server died were stored once, found the 2nd time
+    lost = [item for item in first.failed if status[item.source] == "already_stored"]
+    assert len(first.stored) + len(lost) + len(second.stored) == total
