@@ -1,0 +1,757 @@
+"""The matching engine: one set of rules on the server (``client.find``) and on a forest.
+
+The examples of ``docs/matching.md`` run against the server and the local engine; a
+differential test has hypothesis generate queries from the data's own values and asserts that
+both engines return the same resources (live), and a fixed sample of those queries replays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kkorthanc import (
+    BadRequest,
+    Instance,
+    Orthanc,
+    Patient,
+    Resource,
+    Series,
+    Study,
+    UnsupportedByServer,
+    synthetic,
+)
+from kkorthanc.models import level_class
+from kkorthanc.query import (
+    LEVELS,
+    RANGE_VRS,
+    TAG_NUMBERS,
+    WILDCARD_VRS,
+    QueryError,
+    UnknownKeyword,
+    compile_query,
+    local_find,
+    normalize_identifier,
+    queryable_tags,
+    server_find,
+    upper_with_accents,
+)
+from kkorthanc.sandbox import Sandbox
+from kkorthanc.tags import MAIN_DICOM_TAGS, VR_OF, parse_da, parse_tm
+
+# ---------------------------------------------------------------------------------------------
+# A forest for the local engine
+# ---------------------------------------------------------------------------------------------
+
+
+class ListForest:
+    """The four level listings, linked to their parents: what ``local_find`` reads.
+
+    Four requests (one page per level); used where the test must control the exact requests
+    (replay) and as a fallback where ``build_patient_forest`` is not available.
+    """
+
+    def __init__(self, client: Orthanc) -> None:
+        self.patients = client.patients()
+        self.studies = client.studies()
+        self.series = client.series()
+        self.instances = client.instances()
+        link(self.studies, self.patients, lambda s: s.parent_patient_id)
+        link(self.series, self.studies, lambda s: s.parent_study_id)
+        link(self.instances, self.series, lambda s: s.parent_series_id)
+
+    def find(self, level: str, query: dict[str, Any] | None = None, **kw: Any) -> list[Any]:
+        return local_find(self, level, query, **kw)
+
+
+def link(children: Sequence[Resource], parents: Sequence[Resource], key: Callable[[Any], Any]):
+    by_id = {parent.id: parent for parent in parents}
+    for child in children:
+        child._parent = by_id[key(child)]
+
+
+def tag_of(resource: Resource, keyword: str) -> str | None:
+    """A main tag of the resource or, through the parent links, of its parents."""
+    current: Resource | None = resource
+    while current is not None:
+        if keyword in current.main_dicom_tags:
+            return current.main_dicom_tags[keyword]
+        current = current._parent
+    return None
+
+
+def ids(resources: Sequence[Resource]) -> list[str]:
+    return [r.id for r in resources]
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation: no server
+# ---------------------------------------------------------------------------------------------
+
+
+def texts(level: str, **tags: Any) -> dict[str, str]:
+    """The ``Query`` object a query compiles to, keyed back by keyword."""
+    numbers = {number: keyword for keyword, number in TAG_NUMBERS.items()}
+    return {numbers[k]: v for k, v in compile_query(level, **tags).request_query().items()}
+
+
+def test_python_values_become_dicom_query_strings() -> None:
+    assert texts("study", study_date=dt.date(2013, 6, 11)) == {"StudyDate": "20130611"}
+    assert texts("study", StudyDate=(dt.date(2013, 1, 1), None)) == {"StudyDate": "20130101-"}
+    assert texts("study", StudyDate=(None, "20131231")) == {"StudyDate": "-20131231"}
+    assert texts("study", study_time=(dt.time(8), dt.time(12, 30))) == {
+        "StudyTime": "080000-123000"
+    }
+    assert texts("series", modality=["CT", "MR"]) == {"Modality": "CT\\MR"}
+    assert texts("series", modality={"MR", "CT"}) == {"Modality": "CT\\MR"}
+    assert texts("series", modality=["CT"]) == {"Modality": "CT"}
+    # list items are literal: a lone item with a wildcard stays a list
+    assert texts("series", modality=["C*"]) == {"Modality": "C*\\C*"}
+    assert texts("series", SeriesNumber=2) == {"SeriesNumber": "2"}
+    assert texts("instance", sop_instance_uid="1.2.3") == {"SOPInstanceUID": "1.2.3"}
+    assert texts("patient", other_patient_ids="A*") == {"OtherPatientIDs": "A*"}
+    assert texts("patient", **{"0010,0010": "DOE*"}) == {"PatientName": "DOE*"}
+    assert texts("series", PatientName="DOE*") == {"PatientName": "DOE*"}
+    # universal values are dropped: nothing left to filter
+    assert compile_query("study", AccessionNumber="", StudyDate="-", PatientName=None).is_universal
+    assert not compile_query("study", AccessionNumber="*").is_universal
+
+
+def test_query_is_sent_by_tag_number_in_a_stable_order() -> None:
+    compiled = compile_query(
+        "instance", {"SOPInstanceUID": "1.2", "PatientName": "A*"}, study_date="20200101"
+    )
+    assert list(compiled.request_query()) == ["0008,0018", "0008,0020", "0010,0010"]
+    assert [c.level for c in compiled.constraints] == ["Patient", "Study", "Instance"]
+
+
+def test_tag_numbers_agree_with_the_dicom_dictionary() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    assert set(TAG_NUMBERS) == set(VR_OF)
+    for keyword, number in TAG_NUMBERS.items():
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        assert number == f"{tag >> 16:04x},{tag & 0xFFFF:04x}", keyword
+
+
+@pytest.mark.parametrize(
+    ("level", "tags", "message"),
+    [
+        ("study", {"StudyDate": "2013*"}, "wildcards are not allowed on value representation DA"),
+        ("series", {"SeriesNumber": "1?"}, "wildcards are not allowed on value representation IS"),
+        ("study", {"StudyInstanceUID": "1.2.*"}, "value representation UI"),
+        ("study", {"StudyDate": "2013*-2014"}, "wildcards are not allowed in a range"),
+        ("study", {"Modality": "CT"}, "Modality is a Series tag: a Study query filters on"),
+        ("patient", {"StudyDate": "20200101"}, "StudyDate is a Study tag"),
+        ("patient", {"PatientID": ("A", "B")}, "ranges exist only for dates and times"),
+        ("study", {"StudyDate": (dt.date(2020, 1, 1),)}, "needs two items, not 1"),
+        ("study", {"StudyDate": dt.datetime(2020, 1, 1, 10)}, "not a datetime"),
+        ("study", {"StudyTime": dt.date(2020, 1, 1)}, "value representation TM, not a date"),
+        ("series", {"SeriesNumber": True}, "a bool is not a DICOM value"),
+        ("series", {"SeriesNumber": 1.5}, "cannot query with a float"),
+        ("series", {"Modality": []}, "an empty list of alternatives matches nothing"),
+        ("series", {"Modality": ["CT\\MR"]}, "contains a backslash"),
+        ("study", {"StudyDate": ["20200101-20200102"]}, "contains '-'"),
+        ("patient", {"PatientName": "A", "patient_name": "B"}, "PatientName is given twice"),
+    ],
+)
+def test_refusals_name_what_is_wrong(level: str, tags: dict[str, Any], message: str) -> None:
+    with pytest.raises(QueryError, match=message.replace("?", r"\?").replace("*", r"\*")):
+        compile_query(level, tags)
+
+
+def test_unknown_keyword_suggests_close_matches() -> None:
+    with pytest.raises(UnknownKeyword) as caught:
+        compile_query("patient", PatientNmae="DOE*")
+    assert caught.value.suggestions[0] == "PatientName"
+    assert "did you mean PatientName" in str(caught.value)
+    with pytest.raises(UnknownKeyword) as caught:
+        compile_query("study", study_descripton="Chest*")
+    assert caught.value.suggestions[0] == "study_description"
+    # a real DICOM keyword that is not a main tag: Orthanc would open every file for it
+    with pytest.raises(UnknownKeyword, match="main DICOM tag"):
+        compile_query("instance", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    with pytest.raises(ValueError, match="unknown level"):
+        compile_query("studies-and-series", PatientName="x")
+
+
+def test_queryable_tags_are_the_level_and_its_parents() -> None:
+    assert set(queryable_tags("patient")) == set(MAIN_DICOM_TAGS["Patient"])
+    instance_tags = queryable_tags("INSTANCE")
+    assert instance_tags["PatientName"] == "Patient"
+    assert instance_tags["StudyDate"] == "Study"
+    assert instance_tags["ImageOrientationPatient"] == "Instance"
+    assert queryable_tags("series")["ImageOrientationPatient"] == "Series"
+
+
+def test_normalizations_match_orthanc() -> None:
+    assert normalize_identifier(" Müller_J%x ") == "MLLER J X"
+    assert normalize_identifier("王^小明") == "^"
+    assert normalize_identifier("a\tb") == "AB"
+    assert upper_with_accents("Müller^Jürgen") == "MÜLLER^JÜRGEN"
+    assert upper_with_accents("straße") == "STRAßE"  # no 'SS': one character each
+    assert upper_with_accents("王^小明") == "王^小明"
+
+
+def test_local_find_applies_labels_and_refuses_requested_tags() -> None:
+    def patient(pid: str, labels: list[str]) -> Patient:
+        return Patient.from_orthanc(
+            {"ID": pid, "MainDicomTags": {"PatientID": pid}, "Labels": labels}
+        )
+
+    @dataclass
+    class Tiny:
+        patients: list[Patient]
+        studies: tuple[Study, ...] = ()
+        series: tuple[Series, ...] = ()
+        instances: tuple[Instance, ...] = ()
+
+    forest = Tiny([patient("p1", ["a", "b"]), patient("p2", ["b"]), patient("p3", [])])
+    found = lambda **kw: ids(local_find(forest, "patient", **kw))  # noqa: E731
+    assert found(labels=["b"]) == ["p1", "p2"]
+    assert found(labels=["a", "b"]) == ["p1"]
+    assert found(labels=["a", "b"], labels_constraint="any") == ["p1", "p2"]
+    assert found(labels=["a"], labels_constraint="None") == ["p2", "p3"]
+    assert found(PatientID="p*", labels=[]) == ["p1", "p2", "p3"]
+    with pytest.raises(QueryError, match="labels_constraint must be"):
+        found(labels=["a"], labels_constraint="Some")
+    with pytest.raises(QueryError, match="requested_tags shape a server's answer"):
+        local_find(forest, "patient", requested_tags=["PatientWeight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The documented rules, on the sample data (docs/matching.md)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    level: str
+    query: dict[str, Any]
+    show: str
+    expected: tuple[str, ...]
+    count: int | None = None
+    case_sensitive: bool = False
+
+
+EXAMPLES: list[Example] = [
+    # exact values, case-insensitive unless asked otherwise
+    Example("patient", {"PatientName": "doe^john3"}, "PatientName", ("DOE^JOHN3",)),
+    Example("patient", {"PatientName": "doe^john3"}, "PatientName", (), case_sensitive=True),
+    Example("patient", {"patient_name": "王^小明"}, "PatientName", ("王^小明",)),
+    # wildcards
+    Example("patient", {"PatientName": "*ller*"}, "PatientName", ("Müller^Jürgen",)),
+    Example(
+        "patient",
+        {"PatientID": "KK-0-000?"},
+        "PatientID",
+        ("KK-0-0000", "KK-0-0001", "KK-0-0002", "KK-0-0003"),
+    ),
+    Example("patient", {"PatientName": "M?ller*"}, "PatientName", ()),
+    Example("patient", {"PatientName": "M??ller*"}, "PatientName", ()),
+    Example("series", {"StationName": "us_room?"}, "StationName", ("US_ROOM2",)),
+    # non-ASCII letters
+    Example("patient", {"PatientName": "MÜLLER^JÜRGEN"}, "PatientName", ("Müller^Jürgen",)),
+    Example("patient", {"PatientName": "muller^jurgen"}, "PatientName", ()),
+    Example("study", {"InstitutionName": "KLINIKUM SÜD"}, "InstitutionName", ()),
+    Example("study", {"InstitutionName": "KLINIKUM Süd"}, "InstitutionName", ("Klinikum Süd",)),
+    Example("patient", {"PatientName": "??*"}, "PatientName", ("DOE^JOHN3", "Müller^Jürgen")),
+    Example(
+        "study",
+        {"ReferringPhysicianName": "??*"},
+        "ReferringPhysicianName",
+        ("HOUSE^GREGORY", "Schmidt^Klaus", "Weiß^Björn^Dr.", "佐藤^花子", "李^雷"),
+    ),
+    # empty, universal and missing
+    Example("study", {"AccessionNumber": ""}, "StudyID", ("1", "2"), count=8),
+    Example(
+        "study",
+        {"AccessionNumber": "*"},
+        "AccessionNumber",
+        ("", "A00000000000", "A00000000001", "A00000001001", "A00000002001", "A00000003000"),
+        count=6,
+    ),
+    Example(
+        "study",
+        {"AccessionNumber": "?*"},
+        "AccessionNumber",
+        ("A00000000000", "A00000000001", "A00000001001", "A00000002001", "A00000003000"),
+        count=5,
+    ),
+    Example("patient", {"PatientSex": "*"}, "PatientSex", ("F", "O"), count=3),
+    # ranges
+    Example("study", {"StudyDate": "20130101-20131231"}, "StudyDate", ("20130611", "20130726")),
+    Example("study", {"StudyDate": "-20100101"}, "StudyDate", ("20070403", "20071126")),
+    Example("study", {"StudyDate": "20230101-"}, "StudyDate", ("20230106", "20231109", "20240706")),
+    Example(
+        "study",
+        {"study_date": (dt.date(2013, 1, 1), dt.date(2013, 12, 31))},
+        "StudyDate",
+        ("20130611", "20130726"),
+    ),
+    Example("study", {"StudyTime": "132858-132859"}, "StudyTime", ("132858.333296",)),
+    Example(
+        "patient", {"PatientBirthDate": dt.date(1959, 9, 12)}, "PatientName", ("Müller^Jürgen",)
+    ),
+    Example("patient", {"PatientID": "KK-0-0001-KK-0-0003"}, "PatientID", ()),
+    # lists
+    Example("series", {"Modality": "CT\\MR"}, "Modality", ("CT", "MR"), count=7),
+    Example("series", {"modality": ["ct", "MR"]}, "Modality", ("CT", "MR")),
+    Example("series", {"Modality": "C*\\MR"}, "Modality", ("MR",)),
+    Example(
+        "study", {"AccessionNumber": "A00000000000\\"}, "AccessionNumber", ("", "A00000000000")
+    ),
+    # multi-valued stored values
+    Example("patient", {"OtherPatientIDs": "ALT-0-0001"}, "PatientName", ()),
+    Example("patient", {"OtherPatientIDs": "ALT-0-0001*"}, "PatientName", ("Müller^Jürgen",)),
+    Example(
+        "series",
+        {"OperatorsName": "*bauer*"},
+        "OperatorsName",
+        ("Bauer^Jörg", "TECH^ALICE\\Bauer^Jörg"),
+    ),
+    # upper-level tags on lower-level queries
+    Example("study", {"PatientName": "doe*"}, "StudyDate", ("20070403", "20201002")),
+    Example(
+        "instance",
+        {"StudyDate": "20130611", "Modality": "MR"},
+        "InstanceNumber",
+        ("1", "2", "3"),
+        count=3,
+    ),
+    Example("series", {"SeriesNumber": 2, "PatientSex": "O"}, "Modality", ("CT", "MR", "PT", "US")),
+]
+
+
+def test_documented_examples_on_server_and_forest(client: Orthanc) -> None:
+    forest = ListForest(client)
+    levels = (forest.patients, forest.studies, forest.series, forest.instances)
+    by_id = {resource.id: resource for level in levels for resource in level}
+    for example in EXAMPLES:
+        args = (example.level, example.query)
+        cs = example.case_sensitive
+        remote = client.find(*args, case_sensitive=cs)
+        local = local_find(forest, *args, case_sensitive=cs)
+        assert ids(remote) == ids(local), example
+        assert all(type(r) is level_class(example.level) for r in remote), example
+        shown = {tag_of(by_id[r.id], example.show) or "" for r in remote}
+        assert sorted(shown) == sorted(example.expected), example
+        if example.count is not None:
+            assert len(remote) == example.count, example
+    assert client.request_count == 4 + len(EXAMPLES)
+
+
+def test_documented_examples_appear_in_the_docs() -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "matching.md"
+    text = docs.read_text(encoding="utf-8")
+    for example in EXAMPLES:
+        for value in example.query.values():
+            if isinstance(value, str):
+                assert value.replace("\\", "\\\\") in text or value in text, value
+
+
+def test_refusals_agree_with_the_server(client: Orthanc, count_requests: Callable[[], int]) -> None:
+    # wildcards where the server refuses them: refused locally before any request...
+    for level, tags in [("study", {"StudyDate": "2013*"}), ("series", {"SeriesNumber": "1*"})]:
+        with pytest.raises(QueryError, match="wildcards are not allowed"):
+            client.find(level, **tags)
+    assert count_requests() == 0
+    # ...and the server says the same when asked directly
+    for level, number, value in [("Study", "0008,0020", "2013*"), ("Series", "0020,0011", "1*")]:
+        with pytest.raises(BadRequest, match="Wildcards are not allowed"):
+            client._transport.post_json(
+                "/tools/find", {"Level": level, "Query": {number: value}, "Expand": True}
+            )
+    # a lower-level tag: the server answers nothing, which would read as "no such study"
+    assert client._transport.post_json(
+        "/tools/find", {"Level": "Study", "Query": {"0008,0060": "CT"}}
+    ) == []
+    with pytest.raises(QueryError, match="Modality is a Series tag"):
+        client.find("study", Modality="CT")
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: paging, listings, gates
+# ---------------------------------------------------------------------------------------------
+
+
+def test_find_returns_typed_resources_in_one_request(
+    client: Orthanc, count_requests: Callable[[], int]
+) -> None:
+    studies = client.find("Study", PatientName="müller*", StudyDate=("20200101", None))
+    assert count_requests() == 1
+    assert len(studies) == 1 and isinstance(studies[0], Study)
+    study = studies[0]
+    assert study.study_date == dt.date(2023, 11, 9)
+    assert study.patient_main_dicom_tags["PatientName"] == "Müller^Jürgen"
+    assert study.client is client
+    series = client.find("series", {"Modality": ["CT", "MR"]}, patient_id="KK-0-0001")
+    assert sorted(s.modality or "" for s in series) == ["CT", "MR"]
+    assert all(isinstance(s, Series) for s in series)
+    assert ids(series) == sorted(ids(series))
+    assert count_requests() == 2
+
+
+def test_find_pages_with_since_and_limit(
+    client: Orthanc, count_requests: Callable[[], int]
+) -> None:
+    everything = client._transport.post_json(
+        "/tools/find", {"Level": "Instance", "Query": {"0010,0010": "*"}}
+    )
+    assert len(everything) == 48
+    start = count_requests()
+    paged = server_find(client, "instance", PatientName="*", page_size=10)
+    assert count_requests() - start == 5  # 10 + 10 + 10 + 10 + 8
+    assert ids(paged) == sorted(everything)
+    assert all(isinstance(r, Instance) for r in paged)
+    start = count_requests()
+    first = server_find(client, "instance", PatientName="*", limit=15, page_size=10)
+    assert count_requests() - start == 2  # Limit 10, then Limit 5
+    assert ids(first) == sorted(everything[:15])
+    start = count_requests()
+    assert len(client.find("instance", PatientName="*", limit=48)) == 48
+    assert count_requests() - start == 1
+    with pytest.raises(QueryError, match="limit must be a positive integer"):
+        client.find("instance", PatientName="*", limit=0)
+
+
+def test_enumeration_goes_through_the_listing(
+    client: Orthanc, count_requests: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    posted: list[str] = []
+    original = client._transport.post_json
+
+    def spy(path: str, *args: Any, **kwargs: Any) -> Any:
+        posted.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(client._transport, "post_json", spy)
+    everything = client.find("series")
+    assert count_requests() == 1 and posted == []
+    assert len(everything) == 16 and ids(everything) == sorted(ids(everything))
+    # values that filter nothing are the same as no query
+    assert ids(client.find("series", PatientName="", SeriesDate=(None, None))) == ids(everything)
+    assert count_requests() == 2 and posted == []
+    three = client.find("patient", limit=3)
+    assert len(three) == 3 and count_requests() == 3 and posted == []
+
+
+def test_gated_fields_raise_instead_of_an_unfiltered_answer(
+    client: Orthanc, count_requests: Callable[[], int]
+) -> None:
+    if client.system.api_version >= 17:
+        pytest.skip("the server honours requested tags")
+    for kwargs in (
+        {"labels": ["urgent"]},
+        {"labels": ["urgent"], "labels_constraint": "Any"},
+        {"requested_tags": ["PatientWeight"]},
+    ):
+        with pytest.raises(UnsupportedByServer, match=client.system.version):
+            client.find("study", PatientName="*", **kwargs)
+    with pytest.raises(UnsupportedByServer, match=r"1\.12\.0"):
+        client.find("study", labels=["urgent"])  # even without other constraints
+    assert count_requests() == 1  # GET /system, once
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential: the same queries on both engines
+# ---------------------------------------------------------------------------------------------
+
+
+class Picker:
+    """Where the query generator gets its choices: hypothesis or a seeded ``random.Random``."""
+
+    def choice(self, items: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def chance(self, percent: int) -> bool:
+        return bool(self.choice(range(100)) < percent)
+
+
+class DrawPicker(Picker):
+    def __init__(self, data: st.DataObject) -> None:
+        self.data = data
+
+    def choice(self, items: Sequence[Any]) -> Any:
+        return self.data.draw(st.sampled_from(items))
+
+
+class RandomPicker(Picker):
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def choice(self, items: Sequence[Any]) -> Any:
+        return self.rng.choice(items)
+
+
+def value_pool(forest: Any) -> dict[str, list[str]]:
+    """Every stored value of every main tag, sorted."""
+    pool: dict[str, set[str]] = {}
+    for level in (forest.patients, forest.studies, forest.series, forest.instances):
+        for resource in level:
+            for keyword, value in resource.main_dicom_tags.items():
+                if keyword in VR_OF:
+                    pool.setdefault(keyword, set()).add(value)
+    return {keyword: sorted(values) for keyword, values in pool.items()}
+
+
+def _strip_accents(text: str) -> str:
+    decomposed = unicodedata.normalize("NFD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _mixed_case(text: str, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in text)
+
+
+def _cut(text: str, pick: Picker, mark: str) -> str:
+    """Replace a slice of ``text`` by a wildcard mark."""
+    start = pick.choice(range(len(text) + 1))
+    end = pick.choice(range(start, len(text) + 1))
+    return text[:start] + mark + text[end:]
+
+
+def _non_ascii_to(text: str, mark: str) -> str:
+    return "".join(mark if not c.isascii() else c for c in text)
+
+
+def _case_of_non_ascii(text: str, upper: bool) -> str:
+    return "".join(c if c.isascii() else (c.upper() if upper else c.lower()) for c in text)
+
+
+def make_value(keyword: str, pool: dict[str, list[str]], pick: Picker) -> Any:
+    """One query value for ``keyword`` derived from the data's own values."""
+    vr = VR_OF[keyword]
+    values = pool[keyword]
+    non_ascii = [v for v in values if not v.isascii()]
+    value: str = pick.choice(non_ascii if non_ascii and pick.chance(60) else values)
+    other: str = pick.choice(values)
+    form = pick.choice(
+        [
+            "same", "same", "upper", "lower", "swapcase", "mixed", "accents", "list", "list",
+            "python", "empty", "star", "wild", "wild", "wild", "nonascii?", "nonascii??",
+            "nonascii*", "space", "underscore", "range", "range", "UPPER", "lower!",
+        ]
+    )  # fmt: skip
+    if form == "UPPER":  # only the non-ASCII letters change case
+        return _case_of_non_ascii(value, upper=True)
+    if form == "lower!":
+        return _case_of_non_ascii(value.upper(), upper=False)
+    if form == "same":
+        return value
+    if form == "upper":
+        return value.upper()
+    if form == "lower":
+        return value.lower()
+    if form == "swapcase":
+        return value.swapcase()
+    if form == "mixed":
+        return _mixed_case(value, pick.choice(range(1000)))
+    if form == "accents":
+        return _strip_accents(value)
+    if form == "list":
+        second = other.lower() if pick.chance(30) else other
+        if "\\" in value or "\\" in second or (vr in RANGE_VRS and "-" in value + second):
+            return value
+        return [value, second] if pick.chance(50) else f"{value}\\{second}"
+    if form == "python":
+        if vr == "DA" and parse_da(value):
+            return parse_da(value)
+        if vr == "TM" and parse_tm(value):
+            return parse_tm(value)
+        if vr in ("IS", "US") and value.isdigit():
+            return int(value)
+        return [value]
+    if form == "empty":
+        return pick.choice(["", None])
+    if form == "star":
+        return pick.choice(["*", "?*", "*?*", "??*"])
+    if form == "wild":
+        if vr not in WILDCARD_VRS and not pick.chance(10):
+            return value  # now and then, a wildcard the server refuses
+        return _cut(value, pick, pick.choice(["*", "?", "*?", "??"]))
+    if form.startswith("nonascii"):
+        return _non_ascii_to(value, form[len("nonascii") :])
+    if form == "space":
+        return pick.choice([f" {value}", f"{value} ", value.replace("^", " ")])
+    if form == "underscore":
+        return value.replace("^", "_").replace(" ", "_").replace("-", "_")
+    # range
+    if vr not in RANGE_VRS:
+        return f"{value}-{other}"  # a literal on other tags
+    low, high = sorted([value, other]) if pick.chance(80) else (value, other)
+    shape = pick.choice(["both", "both", "from", "to", "python"])
+    if shape == "from":
+        return f"{low}-"
+    if shape == "to":
+        return f"-{high}"
+    if shape == "python" and vr == "DA" and parse_da(low) and parse_da(high):
+        return (parse_da(low), None if pick.chance(30) else parse_da(high))
+    return f"{low}-{high}"
+
+
+#: text tags whose values have letters, accents or wildcard-able content: picked more often
+FAVOURITES = (
+    "PatientName", "PatientID", "OtherPatientIDs", "StudyDescription", "AccessionNumber",
+    "InstitutionName", "ReferringPhysicianName", "StudyDate", "StudyTime", "Manufacturer",
+    "OperatorsName", "SeriesDescription", "StationName", "ImageComments", "PatientBirthDate",
+)  # fmt: skip
+
+
+def make_query(pool: dict[str, list[str]], pick: Picker) -> tuple[str, dict[str, Any], bool]:
+    """A level, a query of one to three tags, and the case sensitivity.
+
+    The first tag is usually a favourite and the level one at which it can be queried.
+    """
+    query: dict[str, Any] = {}
+    first: str = pick.choice([k for k in FAVOURITES if k in pool])
+    first_level = queryable_tags("instance")[first]
+    levels = ["patient", "study", "series", "instance"]
+    level: str = pick.choice(levels[[lvl.lower() for lvl in LEVELS].index(first_level.lower()):])
+    usable = sorted(k for k in queryable_tags(level) if k in pool)
+    if pick.chance(85):
+        query[first] = make_value(first, pool, pick)
+    for _ in range(pick.choice([0, 0, 1, 1, 2])):
+        keyword = pick.choice(usable)
+        query[keyword] = make_value(keyword, pool, pick)
+    if not query:
+        keyword = pick.choice(usable)
+        query[keyword] = make_value(keyword, pool, pick)
+    return level, query, pick.chance(25)
+
+
+def run_both(
+    client: Orthanc, forest: Any, level: str, query: dict[str, Any], cs: bool
+) -> tuple[list[str], list[str]] | QueryError:
+    """Answers of ``client.find`` and ``forest.find`` for one query, or the shared refusal."""
+    try:
+        local = ids(forest.find(level, query, case_sensitive=cs))
+    except QueryError as local_error:
+        with pytest.raises(QueryError) as server_error:
+            client.find(level, query, case_sensitive=cs)
+        assert str(server_error.value) == str(local_error)
+        return local_error
+    return ids(client.find(level, query, case_sensitive=cs)), local
+
+
+def test_replayed_sample_of_generated_queries(
+    client: Orthanc, count_requests: Callable[[], int]
+) -> None:
+    forest = ListForest(client)
+    assert count_requests() == 4
+    pool = value_pool(forest)
+    pick = RandomPicker(0)
+    sent = matched = 0
+    for _ in range(40):
+        level, query, cs = make_query(pool, pick)
+        before = count_requests()
+        outcome = run_both(client, forest, level, query, cs)
+        if isinstance(outcome, QueryError):
+            assert count_requests() == before  # refused before sending
+            continue
+        remote, local = outcome
+        assert remote == local, (level, query, cs)
+        sent += count_requests() - before
+        matched += bool(remote)
+    assert sent >= 30 and matched >= 15  # the sample exercises real matches
+
+
+# -- live: hypothesis against a larger server ---------------------------------------------------
+
+#: 10 patients (all eight names of the generator, some twice) x 2 x 2 x 2 = 80 instances
+DIFF_SPEC = synthetic.SyntheticSpec(patients=10, studies_per_patient=2, series_per_study=2,
+                                    instances_per_series=2, seed=3)
+
+
+def odd_instances() -> Iterator[bytes]:
+    """Values that exercise identifier normalization: '_' and '%', spaces, lower case."""
+    spec = synthetic.SyntheticSpec(1, 1, 1, 2, seed=99)
+    overrides = [
+        {
+            "PatientID": "kk_low%1 x",
+            "PatientName": "Ünter^Süd",
+            "StudyDescription": "Ünter Süd_x%y",
+            "AccessionNumber": "acc_1",
+            "InstitutionName": "ünter süd_x%y",
+            "StationName": "st_1",
+            "SeriesDescription": "desc with  spaces",
+        },
+        {"InstanceNumber": 7, "ImageComments": "Ça va?"},
+    ]
+    for dataset, extra in zip(synthetic.generate(spec), overrides, strict=True):
+        for keyword, value in overrides[0].items():
+            setattr(dataset, keyword, value)
+        for keyword, value in extra.items():
+            setattr(dataset, keyword, value)
+        yield synthetic.dataset_to_bytes(dataset)
+
+
+@pytest.fixture(scope="module")
+def diff_setup(kk_mode: str) -> Iterator[tuple[Orthanc, Any, dict[str, list[str]]]]:
+    """A server with DIFF_SPEC and odd values, its forest and its value pool (live only)."""
+    if kk_mode == "replay":
+        pytest.skip("needs a real Orthanc")
+    with Sandbox(name="kk-query-diff") as sandbox:
+        sandbox.load_synthetic(DIFF_SPEC)
+        sandbox.load(odd_instances())
+        with sandbox.client() as client:
+            try:
+                from kkorthanc.forest import build_patient_forest
+            except ImportError:
+                forest: Any = ListForest(client)
+            else:
+                forest = build_patient_forest(client)
+            yield client, forest, value_pool(forest)
+
+
+@pytest.mark.live_only
+def test_forest_and_server_agree_on_the_diff_data(
+    diff_setup: tuple[Orthanc, Any, dict[str, list[str]]],
+) -> None:
+    client, forest, pool = diff_setup
+    assert len(forest.instances) == DIFF_SPEC.total_instances + 2
+    assert {"Groß^Änne", "García^José", "김^민준", "Ünter^Süd"} <= set(pool["PatientName"])
+    before = client.request_count
+    forest.find("instance", PatientName="*", StudyDate="20000101-")
+    assert client.request_count == before  # local queries cost nothing
+
+
+@pytest.mark.live_only
+@settings(
+    max_examples=250,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_generated_queries_match_the_server(
+    diff_setup: tuple[Orthanc, Any, dict[str, list[str]]], data: st.DataObject
+) -> None:
+    client, forest, pool = diff_setup
+    level, query, cs = make_query(pool, DrawPicker(data))
+    outcome = run_both(client, forest, level, query, cs)
+    if isinstance(outcome, QueryError):
+        if "wildcards are not allowed" in str(outcome):
+            # the server refuses the same query when asked directly
+            compiled_text = {
+                TAG_NUMBERS[k]: v for k, v in query.items() if isinstance(v, str) and v
+            }
+            with pytest.raises(BadRequest):
+                client._transport.post_json(
+                    "/tools/find", {"Level": level.title(), "Query": compiled_text}
+                )
+        return
+    remote, local = outcome
+    assert remote == local, (level, query, cs)
