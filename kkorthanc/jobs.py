@@ -29,6 +29,9 @@ JobState = Literal["Pending", "Running", "Success", "Failure", "Paused", "Retry"
 #: states a job never leaves by itself
 FINAL_STATES: frozenset[str] = frozenset({"Success", "Failure"})
 
+#: how :meth:`Job.wait` sleeps between polls (replaceable, e.g. when replaying recordings)
+_sleep = time.sleep
+
 
 class InvalidRequest(OrthancError, ValueError):
     """An argument cannot be turned into a request the server would accept.
@@ -173,9 +176,9 @@ class Job(BaseModel):
                         f"job {self.id} ({self.type}) still {self.state} at "
                         f"{self.progress}% after {timeout:g} s"
                     )
-                time.sleep(min(delay, remaining))
+                _sleep(min(delay, remaining))
             else:
-                time.sleep(delay)
+                _sleep(delay)
             delay = min(delay * 1.5, max_poll)
 
     def raise_for_failure(self) -> None:
@@ -323,9 +326,10 @@ def anonymize(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
         priority: job priority (with ``as_job``).
 
     Returns:
-        The new resource, of the same level, fetched typed: two requests (three to four for
-        an instance: its anonymized file is stored back). With ``as_job=True`` the job
-        instead: two requests; see :meth:`Job.result_resource`.
+        The new resource, of the same level, fetched typed: two requests. An instance costs
+        three (the server answers with the new file, which is stored back), one more with
+        ``keep_source=False``. With ``as_job=True`` the job instead: two requests; see
+        :meth:`Job.result_resource`.
 
     Raises:
         InvalidRequest: an unknown option or a value of the wrong type, before any request.
@@ -353,7 +357,12 @@ def modify(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
             DICOM strings. Changing identifiers needs ``force=True``.
         remove: keywords to remove.
         keep: keywords to keep, e.g. ``["StudyInstanceUID", "SeriesInstanceUID",
-            "SOPInstanceUID"]`` with ``force=True`` to modify in place.
+            "SOPInstanceUID"]`` with ``force=True`` to modify in place. Above the instance
+            level this needs the server's ``OverwriteInstances`` option (otherwise the
+            server fails to store the copy: a 500), and ``keep_source=False`` is refused:
+            the server would delete the result, which is the source. The resource is then
+            reconstructed (``POST /{level}/{id}/reconstruct``, one more request) so that the
+            server's index shows the new main tags.
         force: allow changing or keeping identifiers.
         keep_source: keep the original (Orthanc's default); ``False`` deletes it.
         remove_private_tags: remove all private tags.
@@ -362,8 +371,11 @@ def modify(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
         priority: job priority (with ``as_job``).
 
     Returns:
-        The new resource, of the same level, fetched typed: two requests (three to four for
-        an instance). With ``as_job=True`` the job instead: two requests.
+        The new resource, of the same level, fetched typed: two requests. An instance costs
+        three (the server answers with the new file, which is stored back), one more with
+        ``keep_source=False``, three more when the copy replaces an original with the same
+        identifiers (the original is read, deleted, and put back if the copy cannot be
+        stored). With ``as_job=True`` the job instead: two requests.
 
     Raises:
         InvalidRequest: an unknown option or a value of the wrong type, before any request.
@@ -389,13 +401,49 @@ def _transform(
                 "synchronously: as_job applies to patients, studies and series"
             )
         return _transform_instance(resource, path, body)  # type: ignore[return-value]
+    if body.get("KeepSource") is False and _keeps_identity(resource.level, operation, body):
+        raise InvalidRequest(
+            f"{operation}() keeps the identifiers of {resource.level.lower()} {resource.id}, so "
+            "the result replaces it in place; keep_source=False would make the server delete "
+            "the result itself: leave keep_source out"
+        )
     if as_job:
         body["Asynchronous"] = True
         return submitted_job(resource.client, transport.post_json(path, body))
     answer = transport.post_json(path, body)
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         raise ValidationFailed(f"POST {path}: no new resource in the answer {answer!r}")
+    if answer["ID"] == resource.id:
+        # Modified in place: the files changed, but the server's index may still hold the
+        # old main tags (Orthanc 1.10 does) until it re-reads them.
+        transport.post_json(f"{resource.path}/reconstruct", {})
     return resource.client._get_resource(type(resource), answer["ID"])
+
+
+#: the identifiers an Orthanc ID is computed from, per level
+_IDENTIFIERS: dict[str, tuple[str, ...]] = {
+    "Patient": ("PatientID",),
+    "Study": ("PatientID", "StudyInstanceUID"),
+    "Series": ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"),
+}
+
+
+def _keeps_identity(level: str, operation: str, body: Mapping[str, Any]) -> bool:
+    """Whether the result will have the source's Orthanc ID (all its identifiers unchanged).
+
+    Anonymization regenerates every identifier unless kept; modification regenerates only
+    the UID of the level itself (a patient keeps its PatientID unless replaced).
+    """
+    replaced = body.get("Replace") or {}
+    kept = set(body.get("Keep") or ())
+    own_uid = {"Study": "StudyInstanceUID", "Series": "SeriesInstanceUID"}.get(level)
+    for tag in _IDENTIFIERS.get(level, ()):
+        if tag in replaced:
+            return False
+        regenerated = operation == "anonymize" or tag == own_uid
+        if regenerated and tag not in kept:
+            return False
+    return True
 
 
 def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> Instance:
@@ -418,8 +466,19 @@ def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> 
                 f"the modified instance keeps the identifiers of {instance.id}, so it cannot "
                 "be stored beside it: pass keep_source=False to replace the original"
             )
+        original = transport.request("GET", f"{instance.path}/file").content
         delete_resource(instance)
-        stored = store()
+        try:
+            stored = store()
+        except OrthancError:
+            # put the original back rather than lose both versions
+            transport.request(
+                "POST",
+                "/instances",
+                data=original,
+                headers={"Content-Type": "application/dicom"},
+            )
+            raise
     elif not keep_source:
         delete_resource(instance)
     return instance.client.instance(str(stored["ID"]))
