@@ -172,18 +172,25 @@ def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
 def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
     """Resources matching ``Tag=value`` pairs, on the server or in a local forest."""
     from . import display
+    from . import query as _query
 
     tags = _parse_tags(args.tags)
+    # refuse a bad query before connecting: the same rules serve both engines
+    _query.compile_query(args.level, tags, case_sensitive=args.case_sensitive)
     with connect(args) as client:
         if args.local:
             from .forest import build_patient_forest
 
             forest = build_patient_forest(client, depth=args.level)
-            found: list[Resource] = list(forest.find(args.level, **tags))
+            found: list[Resource] = _query.local_find(
+                forest, args.level, tags, case_sensitive=args.case_sensitive
+            )
             if args.limit is not None:
                 found = found[: args.limit]
         else:
-            found = list(client.find(args.level, limit=args.limit, **tags))
+            found = client.find(
+                args.level, tags, limit=args.limit, case_sensitive=args.case_sensitive
+            )
         if args.json:
             _print_json([resource_json(item) for item in found], out)
         else:
@@ -573,17 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
     tree.set_defaults(handler=cmd_tree)
 
     find = command("find", "find resources by DICOM tags")
-    find.add_argument("level", type=_normalize_level, metavar="LEVEL",
-                      help="patient, study, series or instance")
+    find.add_argument(
+        "level", type=_normalize_level, metavar="LEVEL", help="patient, study, series or instance"
+    )
     find.add_argument(
         "tags",
         nargs="*",
         metavar="Tag=value",
         help="DICOM keyword or snake_case name = value, with * ? wildcards and A-B date ranges",
     )
-    find.add_argument("--local", action="store_true",
-                      help="load the forest and match locally instead of /tools/find")
+    find.add_argument(
+        "--local",
+        action="store_true",
+        help="load the forest and match locally instead of /tools/find",
+    )
     find.add_argument("--limit", type=int, default=None, help="at most this many results")
+    find.add_argument("--case-sensitive", action="store_true", help="letter case matters")
     find.set_defaults(handler=cmd_find)
 
     upload = command("upload", "upload DICOM files, folders or ZIP archives")
@@ -602,8 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
             + "; repeatable",
         )
     export.add_argument("--all", action="store_true", help="export every patient")
-    export.add_argument("--layout", default=None,
-                        help="file path template, e.g. '{PatientID}/{SOPInstanceUID}.dcm'")
+    export.add_argument(
+        "--layout", default=None, help="file path template, e.g. '{PatientID}/{SOPInstanceUID}.dcm'"
+    )
     export.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
     export.add_argument("folder", metavar="DIR")
     export.set_defaults(handler=cmd_export)
@@ -668,16 +681,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = " - the server does not let these credentials do this"
         _error(f"{exc}{hint}")
         return EXIT_UNREACHABLE
+    except ValueError as exc:
+        # bad input the library refused before doing anything (queries, layouts, levels)
+        if args.debug:
+            raise
+        _error(str(exc))
+        return EXIT_USAGE
     except (OrthancError, LookupError, ImportError, OSError) as exc:
         if args.debug:
             raise
         _error(str(exc))
         return EXIT_PARTIAL
-    except ValueError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
-        return EXIT_USAGE
     except Exception as exc:
         if args.debug:
             raise

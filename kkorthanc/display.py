@@ -141,16 +141,19 @@ def describe(resource: Resource) -> str:
     return "  ".join(part for part in parts if part)
 
 
-def _forest_lists(forest: Any) -> dict[str, Sequence[Resource]]:
-    return {level: getattr(forest, plural) for level, plural in _PLURALS.items()}
+def _forest_counts(forest: Any) -> dict[str, int]:
+    """Resources per level: the forest's own ``counts`` when it has them (they include the
+    level just below its depth, from child-ID lists), else the lengths of its lists."""
+    counts = getattr(forest, "counts", None)
+    if counts is not None and all(hasattr(counts, plural) for plural in _PLURALS.values()):
+        return {level: int(getattr(counts, plural)) for level, plural in _PLURALS.items()}
+    return {level: len(getattr(forest, plural)) for level, plural in _PLURALS.items()}
 
 
 def _forest_summary(forest: Any) -> str:
-    lists = _forest_lists(forest)
-    counts = [_plural(len(lists[level]), level) for level in _PLURALS if lists[level]]
-    if not counts:
-        counts = ["0 patients"]
-    return ", ".join(counts)
+    counts = _forest_counts(forest)
+    parts = [_plural(n, level) for level, n in counts.items() if n]
+    return ", ".join(parts) if parts else "0 patients"
 
 
 # -- one resource ------------------------------------------------------------------------------

@@ -61,9 +61,7 @@ def _import_pandas() -> Any:
     try:
         import pandas
     except ImportError as exc:
-        raise ImportError(
-            "DataFrames need pandas: pip install 'kkorthanc[pandas]'"
-        ) from exc
+        raise ImportError("DataFrames need pandas: pip install 'kkorthanc[pandas]'") from exc
     return pandas
 
 
@@ -147,9 +145,7 @@ def _parents(resource: Resource) -> dict[str, Any]:
     return out
 
 
-def _resources_of(
-    source: Any, level: str | None
-) -> tuple[type[Resource], Sequence[Resource]]:
+def _resources_of(source: Any, level: str | None) -> tuple[type[Resource], Sequence[Resource]]:
     """The model class and the resources of ``source`` (a forest or an iterable)."""
     cls = level_class(level) if level is not None else None
     if not isinstance(source, (Resource, str, bytes)) and all(
@@ -237,4 +233,3 @@ def _typed(pandas: Any, values: list[Any], kind: str) -> Any:
     if kind == "bool":
         return pandas.Series(values, dtype="boolean")
     return pandas.Series(values, dtype=object)
-
