@@ -239,9 +239,11 @@ class Sandbox:
     def stop(self, *, keep_folder: bool = False) -> None:
         """Stop the server by PID and delete its folder (unless ``keep_folder``)."""
         process = self.process
+        discard = not keep_folder and self._owns_folder
         if process is not None and process.poll() is None:
+            # storage that is about to be deleted needs no orderly shutdown
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGKILL if discard else signal.SIGTERM)
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -249,7 +251,7 @@ class Sandbox:
                 process.wait(timeout=5)
         with _live_lock:
             _live.discard(self)
-        if not keep_folder and self._owns_folder and self.folder is not None:
+        if discard and self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def restart(self, timeout: float = 30.0) -> Sandbox:

@@ -119,6 +119,8 @@ def cassette(request: pytest.FixtureRequest, kk_mode: str) -> Iterator[Any]:
     if kk_mode == "replay" and not path.exists():
         pytest.fail(f"no recording at {path.relative_to(ROOT)}: run pytest --record")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if kk_mode == "record":
+        path.unlink(missing_ok=True)  # vcrpy would append to an old recording
     recorder = vcr.VCR(
         record_mode="all" if kk_mode == "record" else "none",
         match_on=["method", "scheme", "host", "port", "path", "query", "body"],
@@ -175,9 +177,10 @@ class Servers:
             return self._canonical(None)
         sandbox = Sandbox(name=f"kk-test-{self.next_port}", **options)
         self.stack.enter_context(sandbox)
+        client = self._canonical(sandbox)
         if sample or spec is not None:
             sandbox.load_synthetic(spec)
-        return self._canonical(sandbox)
+        return client
 
     def pair(self, **options: Any) -> tuple[Orthanc, Orthanc]:
         """Two fresh servers, each the other's DICOM modality (``alpha`` knows ``beta``)."""
