@@ -25,6 +25,13 @@ class ValidationFailed(OrthancError):
     """The server sent JSON that does not fit the model it should fill."""
 
 
+class InvalidRequest(OrthancError, ValueError):
+    """An argument cannot be turned into a request the server would accept.
+
+    Raised before anything is sent; the message names the argument that was wrong.
+    """
+
+
 class UnsupportedByServer(OrthancError):
     """A feature needs a newer Orthanc than the server runs.
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from . import tags as _tags
-from .errors import JobFailed, JobTimeout, OrthancError, ValidationFailed
+from .errors import InvalidRequest, JobFailed, JobTimeout, OrthancError, ValidationFailed
 from .models import Instance, OrthancTime, Resource, level_class
 
 if TYPE_CHECKING:
@@ -31,13 +31,6 @@ FINAL_STATES: frozenset[str] = frozenset({"Success", "Failure"})
 
 #: how :meth:`Job.wait` sleeps between polls (replaceable, e.g. when replaying recordings)
 _sleep = time.sleep
-
-
-class InvalidRequest(OrthancError, ValueError):
-    """An argument cannot be turned into a request the server would accept.
-
-    Raised before anything is sent; the message names the argument that was wrong.
-    """
 
 
 class NoResultingResource(OrthancError):

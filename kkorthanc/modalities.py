@@ -21,8 +21,15 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from . import tags as _tags
-from .errors import BadRequest, NotFound, OrthancError, ServerError, ValidationFailed
-from .jobs import InvalidRequest, Job, submitted_job
+from .errors import (
+    BadRequest,
+    InvalidRequest,
+    NotFound,
+    OrthancError,
+    ServerError,
+    ValidationFailed,
+)
+from .jobs import Job, submitted_job
 from .models import DA, IS, PN, TM, Level, MultiText, Resource, Text, level_class
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pydicom
 
     from .client import Orthanc
+    from .jobs import Job
 
 Level = Literal["Patient", "Study", "Series", "Instance"]
 T = TypeVar("T")
@@ -233,7 +234,11 @@ class Resource(BaseModel):
 
         jobs.delete_resource(self)
 
-    def anonymize(self: R, *, as_job: bool = False, **options: Any) -> Any:
+    @overload
+    def anonymize(self: R, *, as_job: Literal[False] = False, **options: Any) -> R: ...
+    @overload
+    def anonymize(self: R, *, as_job: Literal[True], **options: Any) -> Job: ...
+    def anonymize(self: R, *, as_job: bool = False, **options: Any) -> R | Job:
         """Anonymize on the server (``POST /{level}/{id}/anonymize``); see :mod:`kkorthanc.jobs`.
 
         Returns the new resource, or a :class:`~kkorthanc.jobs.Job` with ``as_job=True``.
@@ -242,10 +247,15 @@ class Resource(BaseModel):
 
         return jobs.anonymize(self, as_job=as_job, **options)
 
-    def modify(self: R, *, as_job: bool = False, **options: Any) -> Any:
+    @overload
+    def modify(self: R, *, as_job: Literal[False] = False, **options: Any) -> R: ...
+    @overload
+    def modify(self: R, *, as_job: Literal[True], **options: Any) -> Job: ...
+    def modify(self: R, *, as_job: bool = False, **options: Any) -> R | Job:
         """Modify on the server (``POST /{level}/{id}/modify``); see :mod:`kkorthanc.jobs`.
 
-        Returns the new resource, or a :class:`~kkorthanc.jobs.Job` with ``as_job=True``.
+        Options: ``replace``, ``remove``, ``keep``, ``keep_source``, ``force``, ... Returns the
+        new resource, or a :class:`~kkorthanc.jobs.Job` with ``as_job=True``.
         """
         from . import jobs
 

@@ -21,9 +21,9 @@ from kkorthanc import (
     Orthanc,
     Study,
 )
+from kkorthanc.errors import InvalidRequest
 from kkorthanc.jobs import (
     _MODIFY_OPTIONS,
-    InvalidRequest,
     Job,
     NoResultingResource,
     _operation_body,

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from kkorthanc import JobFailed, NotFound, Orthanc, PersonName, Study, jobs, orthanc_id
-from kkorthanc.jobs import InvalidRequest, Job
+from kkorthanc.errors import InvalidRequest
+from kkorthanc.jobs import Job
 from kkorthanc.modalities import (
     EchoFailed,
     FindAnswer,
