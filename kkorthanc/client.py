@@ -19,6 +19,7 @@ from .errors import UnsupportedByServer
 from .models import Instance, Patient, Resource, Series, Study, level_class
 
 if TYPE_CHECKING:
+    from .forest import ChangePage
     from .jobs import Job
     from .modalities import Modality
     from .transfer import ExportReport, UploadReport
@@ -350,6 +351,56 @@ class Orthanc:
         from . import modalities as _modalities
 
         return _modalities.get_modality(self, name)
+
+    # -- change feed and bulk reads ----------------------------------------------------------------
+
+    def last_change(self) -> int:
+        """The newest sequence number of the change feed (``GET /changes?last``), one request."""
+        answer = self._transport.get_json("/changes", {"last": ""})
+        return int(answer.get("Last") or 0) if isinstance(answer, dict) else 0
+
+    def changes(self, since: int = 0, limit: int = 1000) -> ChangePage:
+        """One page of the change feed: the changes after sequence number ``since``.
+
+        ``GET /changes?since=N&limit=M``, one request. Page on with ``since=page.last``
+        until ``page.done``. Orthanc logs new, stable, modified and updated resources;
+        it does not log deletions.
+        """
+        from .forest import ChangePage
+
+        if since < 0 or limit < 1:
+            raise ValueError(f"changes() needs since >= 0 and limit >= 1, not {since}, {limit}")
+        answer = self._transport.get_json("/changes", {"since": since, "limit": limit})
+        return ChangePage.model_validate(answer)
+
+    def get_many(
+        self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
+    ) -> list[Resource]:
+        """Many resources by Orthanc ID, of any levels, expanded.
+
+        ``POST /tools/bulk-content`` (Orthanc 1.9.4+): one request per ``chunk_size`` IDs.
+        IDs the server does not know are left out, so the answer may be shorter than
+        ``ids``. With ``level``, each ID is replaced by its ancestors or descendants of that
+        level (an instance ID and ``level="patient"`` give its patient).
+        """
+        return [
+            level_class(str(item.get("Type"))).from_orthanc(item, self)
+            for item in self._bulk_json(ids, level=level, chunk_size=chunk_size)
+        ]
+
+    def _bulk_json(
+        self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Expanded JSON of many resources, in the order the server sends them (see get_many)."""
+        wanted = sorted(set(ids))  # sorted: the same request bodies every time
+        found: list[dict[str, Any]] = []
+        for part in chunks(wanted, max(1, chunk_size)):
+            body: dict[str, Any] = {"Resources": list(part)}
+            if level is not None:
+                body["Level"] = level_class(level).level
+            answer = self._transport.post_json("/tools/bulk-content", body, repeatable=True)
+            found.extend(item for item in answer or () if isinstance(item, dict))
+        return found
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
