@@ -32,8 +32,9 @@ import time
 import warnings
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
@@ -852,9 +853,10 @@ def upload(
 # -- downloads ------------------------------------------------------------------------------
 
 
-def _stream_to_file(chunks: Iterable[bytes], path: Path) -> int:
+def _stream_to_file(chunks: Iterable[bytes], path: Path, *, make_parent: bool = True) -> int:
     """Write ``chunks`` to a temporary name next to ``path``, then rename; return the size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     size = 0
     try:
@@ -878,6 +880,7 @@ def _get_to_file(
     *,
     json_body: Any = None,
     long: bool = False,
+    make_parent: bool = True,
 ) -> int:
     """Stream one answer to ``path``; a connection lost mid-body is retried like a fresh one."""
     timeout: Any = None
@@ -892,7 +895,7 @@ def _get_to_file(
             method, route, stream=True, json_body=json_body, timeout=timeout, repeatable=True
         )
         try:
-            return _stream_to_file(response.iter_content(_CHUNK), path)
+            return _stream_to_file(response.iter_content(_CHUNK), path, make_parent=make_parent)
         except OSError as exc:
             # requests' errors derive from OSError; a local file problem is not retried
             if not exc.__class__.__module__.startswith(("requests", "urllib3")):
@@ -1147,33 +1150,50 @@ def _linked_parent(resource: Resource) -> Resource | None:
 class _Resolver:
     """Lists the instances of resources with the main tags of their ancestors.
 
-    Relations already loaded (a forest, an earlier export) cost nothing; otherwise a study
-    costs its series listing and one instance listing, a series its instance listing (and
-    its study once), an instance its series and study once each.
+    Relations already loaded (a forest, an earlier export) cost nothing; otherwise a patient
+    costs its study listing, a study its series listing and one instance listing, a series
+    its instance listing (and its study once), an instance its series and study once each.
+    Patients and studies are listed in worker threads (model relations are thread-safe);
+    series and instances in the caller's thread, which owns the caches below.
     """
 
     def __init__(self, client: Orthanc) -> None:
         self.client = client
-        self.targets: dict[str, _Target] = {}
         self.series_by_id: dict[str, Series] = {}
         self.studies_by_id: dict[str, Study] = {}
 
-    def add(self, resource: object) -> None:
-        if isinstance(resource, Patient):
-            for study in resource.studies:
-                self.add_study(study, resource)
-        elif isinstance(resource, Study):
-            self.add_study(resource, None)
-        elif isinstance(resource, Series):
-            self.add_series(resource, self.study_of(resource))
-        elif isinstance(resource, Instance):
-            series = self.series_of(resource)
-            self.add_instance(resource, series, self.study_of(series))
-        else:
-            raise TypeError(
-                f"cannot export a {type(resource).__name__}: give patients, studies, series "
-                "or instances"
-            )
+    def batches(
+        self, resources: Iterable[object], pool: ThreadPoolExecutor | None
+    ) -> Iterator[list[_Target]]:
+        """Targets in resource order, a batch per resource; listings run ahead in ``pool``
+        (or in this thread without one)."""
+        pending: deque[Future[list[_Target]] | list[_Target]] = deque()
+        for resource in resources:
+            if isinstance(resource, Patient):
+                if pool is None:
+                    pending.append(self.patient_targets(resource))
+                else:
+                    pending.append(pool.submit(self.patient_targets, resource))
+            elif isinstance(resource, Study):
+                if pool is None:
+                    pending.append(self.study_targets(resource, None))
+                else:
+                    pending.append(pool.submit(self.study_targets, resource, None))
+            elif isinstance(resource, Series):
+                study = self.study_of(resource)
+                pending.append([self.target(i, resource, study) for i in resource.instances])
+            elif isinstance(resource, Instance):
+                series = self.series_of(resource)
+                pending.append([self.target(resource, series, self.study_of(series))])
+            else:
+                raise TypeError(
+                    f"cannot export a {type(resource).__name__}: give patients, studies, "
+                    "series or instances"
+                )
+            while pending and (isinstance(pending[0], list) or pending[0].done()):
+                yield _batch(pending.popleft())
+        while pending:
+            yield _batch(pending.popleft())
 
     def study_of(self, series: Series) -> Study:
         parent = _linked_parent(series)
@@ -1193,7 +1213,10 @@ class _Resolver:
             self.series_by_id[series_id] = instance.series
         return self.series_by_id[series_id]
 
-    def add_study(self, study: Study, patient: Patient | None) -> None:
+    def patient_targets(self, patient: Patient) -> list[_Target]:
+        return [t for study in patient.studies for t in self.study_targets(study, patient)]
+
+    def study_targets(self, study: Study, patient: Patient | None) -> list[_Target]:
         series_list = study.series
         missing = [s for s in series_list if not s.relations_loaded]
         if len(missing) > 1:  # one study-wide listing instead of one per series
@@ -1208,19 +1231,16 @@ class _Resolver:
                 for instance in children:
                     instance._link(series, None)
                 series._link(None, children)
-        for series in series_list:
-            for instance in series.instances:
-                self.add_instance(instance, series, study, patient)
+        return [
+            self.target(instance, series, study, patient)
+            for series in series_list
+            for instance in series.instances
+        ]
 
-    def add_series(self, series: Series, study: Study) -> None:
-        for instance in series.instances:
-            self.add_instance(instance, series, study)
-
-    def add_instance(
-        self, instance: Instance, series: Series, study: Study, patient: Patient | None = None
-    ) -> None:
-        if instance.id in self.targets:
-            return
+    @staticmethod
+    def target(
+        instance: Instance, series: Series, study: Study, patient: Patient | None = None
+    ) -> _Target:
         if patient is None:
             linked = _linked_parent(study)
             patient = linked if isinstance(linked, Patient) else None
@@ -1230,11 +1250,11 @@ class _Resolver:
         tags.update(study.main_dicom_tags)
         tags.update(series.main_dicom_tags)
         tags.update(instance.main_dicom_tags)
-        self.targets[instance.id] = _Target(instance, tags)
+        return _Target(instance, tags)
 
 
-def _inside(path: str, root: str) -> bool:
-    return os.path.realpath(path).startswith(root)
+def _batch(entry: Future[list[_Target]] | list[_Target]) -> list[_Target]:
+    return entry if isinstance(entry, list) else entry.result()
 
 
 def export(
@@ -1268,87 +1288,132 @@ def export(
         ValueError: the layout is not a relative template of DICOM keywords.
         TypeError: something in ``resources`` is not a resource.
 
-    Costs the listings of what is not loaded yet (a study: its series and its instances, two
-    requests; a series: one), then one ``GET /instances/{id}/file`` per file written.
+    Costs the listings of what is not loaded yet (a patient: its studies; a study: its series
+    and its instances, two requests; a series: one), then one ``GET /instances/{id}/file``
+    per file written. Patients and studies are listed by ``workers // 2`` threads while the
+    files of those already listed download; ``workers=1`` sends one request at a time.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     components = _parse_layout(layout)
     started = time.perf_counter()
     first_request = client.request_count
-    resolver = _Resolver(client)
-    for resource in [resources] if isinstance(resources, Resource) else resources:
-        resolver.add(resource)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(folder)
-    root_prefix = root.rstrip(os.sep) + os.sep
-
-    items: list[ExportItem | None] = []
-    pending: list[tuple[int, Instance, Path]] = []
-    claimed: dict[str, str] = {}
-    for target in resolver.targets.values():
-        instance = target.instance
-        path = Path(root) / _relative_path(components, target.tags)
-        key = os.path.normcase(str(path))
-        if not _inside(str(path), root_prefix):
-            items.append(
-                ExportItem(instance.id, path, "failed", error="the path leaves the export folder")
-            )
-            continue
-        if key in claimed:
-            items.append(
-                ExportItem(
-                    instance.id,
-                    path,
-                    "failed",
-                    error=f"same path as instance {claimed[key]}; the layout is not unique",
-                )
-            )
-            continue
-        claimed[key] = instance.id
-        try:
-            present = path.stat().st_size
-        except OSError:
-            present = None
-        if present is not None and (instance.file_size is None or present == instance.file_size):
-            items.append(ExportItem(instance.id, path, "skipped", size=present))
-            continue
-        pending.append((len(items), instance, path))
-        items.append(None)
-
-    bar = _progress_bar(progress, len(items), "export", "file")
-    bar.update(len(items) - len(pending))
     transport = client._transport
+    resolver = _Resolver(client)
+    items: list[ExportItem] = []
+    seen: set[str] = set()
+    planner = _Planner(root)
+    bar = _progress_bar(progress, None, "export", "file")
+    lock = threading.Lock()
 
-    def fetch(job: tuple[int, Instance, Path]) -> tuple[int, ExportItem]:
-        index, instance, path = job
+    def fetch(index: int, instance: Instance, path: Path) -> None:
         start = time.perf_counter()
         try:
-            size = _get_to_file(transport, "GET", f"{instance.path}/file", path)
+            size = _get_to_file(transport, "GET", f"{instance.path}/file", path, make_parent=False)
         except (Unauthorized, Forbidden):
             raise
         except (OrthancError, OSError) as exc:
-            item = ExportItem(
-                instance.id, path, "failed", seconds=time.perf_counter() - start, error=str(exc)
-            )
+            item = ExportItem(instance.id, path, "failed", error=str(exc))
         else:
-            item = ExportItem(
-                instance.id, path, "written", size=size, seconds=time.perf_counter() - start
-            )
-        bar.update(1)
-        return index, item
+            item = ExportItem(instance.id, path, "written", size=size)
+        item.seconds = time.perf_counter() - start
+        items[index] = item
+        with lock:
+            bar.update(1)
 
+    sources = [resources] if isinstance(resources, Resource) else resources
+    downloads: list[Future[None]] = []
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="kkorthanc-export") as pool:
-            for index, item in pool.map(fetch, pending):
-                items[index] = item
+        with contextlib.ExitStack() as stack:
+            # with one worker everything happens one request at a time
+            lister = None
+            if workers > 1:
+                lister = stack.enter_context(
+                    ThreadPoolExecutor(workers // 2, thread_name_prefix="kkorthanc-list")
+                )
+            pool = stack.enter_context(
+                ThreadPoolExecutor(workers, thread_name_prefix="kkorthanc-export")
+            )
+            for batch in resolver.batches(sources, lister):
+                for target in batch:
+                    instance = target.instance
+                    if instance.id in seen:
+                        continue
+                    seen.add(instance.id)
+                    path = Path(root) / _relative_path(components, target.tags)
+                    item = planner.plan(instance, path)
+                    items.append(item)
+                    if item.status == "written":  # to be downloaded
+                        downloads.append(pool.submit(fetch, len(items) - 1, instance, path))
+                        continue
+                    with lock:
+                        bar.update(1)
+                with lock:
+                    bar.total = len(items)
+                    bar.refresh()
+            for download in downloads:
+                download.result()
     finally:
         bar.close()
-    done = [item for item in items if item is not None]
     return ExportReport(
         folder=folder,
-        items=done,
+        items=items,
         elapsed=time.perf_counter() - started,
         requests=client.request_count - first_request,
     )
+
+
+class _Planner:
+    """Decides each instance before any download: skipped, failed, or to be written.
+
+    Checks that each file's folder resolves inside the export root (once per folder) and
+    creates it, so that downloads only write files.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.prefix = root.rstrip(os.sep) + os.sep
+        self.claimed: dict[str, str] = {}
+        #: folder -> (why it cannot be used or None, whether this export created it)
+        self.folders: dict[str, tuple[str | None, bool]] = {}
+
+    def plan(self, instance: Instance, path: Path) -> ExportItem:
+        key = os.path.normcase(str(path))
+        if key in self.claimed:
+            return ExportItem(
+                instance.id,
+                path,
+                "failed",
+                error=f"same path as instance {self.claimed[key]}; the layout is not unique",
+            )
+        self.claimed[key] = instance.id
+        parent = os.path.dirname(key)
+        if parent not in self.folders:
+            self.folders[parent] = self.check_folder(parent)
+        problem, created = self.folders[parent]
+        if problem is not None:
+            return ExportItem(instance.id, path, "failed", error=problem)
+        if not created:  # a folder made by this export holds nothing to skip
+            try:
+                present = path.stat().st_size
+            except OSError:
+                pass
+            else:
+                if instance.file_size is None or present == instance.file_size:
+                    return ExportItem(instance.id, path, "skipped", size=present)
+        return ExportItem(instance.id, path, "written")
+
+    def check_folder(self, folder: str) -> tuple[str | None, bool]:
+        real = os.path.realpath(folder)
+        if real != self.root and not real.startswith(self.prefix):
+            return "the path leaves the export folder", False
+        if os.path.isdir(folder):
+            return None, False
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create {folder}: {_os_reason(exc)}", False
+        return None, True

@@ -441,6 +441,50 @@ def test_export_custom_layout_from_a_series(client: Orthanc, tmp_path: Path, wor
     assert all(path.exists() for path in expected)
 
 
+def test_export_lists_patients_ahead_of_the_downloads(
+    client: Orthanc, tmp_path: Path, workers: int
+) -> None:
+    patients = client.patients()[:2]
+    start = client.request_count
+    report = client.export(patients, tmp_path, workers=workers, progress=False)
+    spec = synthetic.SAMPLE
+    per_patient = spec.studies_per_patient * spec.series_per_study * spec.instances_per_series
+    assert report.counts == {"written": 2 * per_patient, "skipped": 0, "failed": 0}
+    # per patient its studies; per study its series and its instances; then the files
+    listings = 2 * (1 + 2 * spec.studies_per_patient)
+    assert client.request_count - start == report.requests == listings + 2 * per_patient
+    for patient in patients:
+        assert len(list((tmp_path / str(patient.patient_id)).rglob("*.dcm"))) == per_patient
+    # items follow the resources' order
+    first = {item.instance_id for item in report.items[:per_patient]}
+    assert first == {i.id for s in patients[0].studies for se in s.series for i in se.instances}
+
+
+def test_export_never_overwrites_or_leaves_the_folder(
+    client: Orthanc, tmp_path: Path, workers: int
+) -> None:
+    study = client.studies()[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "outside").mkdir()
+    (out / "escape").symlink_to(tmp_path / "outside")
+    start = client.request_count
+    report = client.export(study, out, layout="escape/{SOPInstanceUID}.dcm", progress=False)
+    assert client.request_count - start == 2  # the listings; nothing is downloaded
+    assert report.counts["failed"] == len(report) > 0
+    assert all(item.error == "the path leaves the export folder" for item in report)
+    assert list((tmp_path / "outside").iterdir()) == []
+
+    start = client.request_count
+    clash = client.export(study, out, layout="{PatientID}.dcm", workers=workers, progress=False)
+    assert client.request_count - start == 1  # listings are loaded; one file is fetched
+    assert len(clash.written) == 1
+    assert len(clash.failed) == len(clash) - 1
+    assert all("the layout is not unique" in (item.error or "") for item in clash.failed)
+    with pytest.raises(ExportFailed, match="not unique"):
+        clash.raise_for_failures()
+
+
 def test_export_keeps_a_hostile_patient_id_inside_the_folder(
     servers: Servers, tmp_path: Path, workers: int
 ) -> None:
