@@ -655,7 +655,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="replace")  # type: ignore[union-attr]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "find":
+        # `find study --local Tag=value`: argparse ends the tags at the first option
+        pairs = [item for item in extra if "=" in item and not item.startswith("-")]
+        args.tags = [*args.tags, *pairs]
+        extra = [item for item in extra if item not in pairs]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.handler(args, sys.stdout)
         sys.stdout.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -153,6 +154,44 @@ def test_stats_prints_counts_and_json(cli: Cli, client: Orthanc) -> None:
     assert parsed["url"] == client.url
 
 
+def test_tree_prints_the_forest_with_counts(cli: Cli, client: Orthanc) -> None:
+    text = cli("tree", server=client)
+    assert text.code == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == "4 patients, 8 studies, 16 series, 48 instances"
+    assert len(lines) == 1 + 4 + 8 + 16  # down to series by default
+    assert sum(line.startswith(("├── KK-", "└── KK-")) for line in lines) == 4
+    assert sum(line.endswith("(3 instances)") for line in lines) == 16
+    assert any("王^小明" in line for line in lines)
+
+    data = cli("tree", "--depth", "study", "--json", server=client)
+    assert data.code == 0, data.stderr
+    patients = data.json()["patients"]
+    assert len(patients) == 4
+    assert {p["patient_id"] for p in patients} == {f"KK-0-{n:04d}" for n in range(4)}
+    for patient in patients:
+        assert patient["num_studies"] == 2 and len(patient["studies"]) == 2
+        for study in patient["studies"]:
+            assert study["num_series"] == 2 and "series" not in study
+
+
+def test_find_on_the_server_and_locally_agree(cli: Cli, client: Orthanc) -> None:
+    server = cli("find", "study", "StudyDescription=Chest CT", "--json", server=client)
+    assert server.code == 0, server.stderr
+    local = cli("find", "study", "--local", "--json", "study_description=chest ct", server=client)
+    assert local.code == 0, local.stderr
+    found = server.json()
+    assert len(found) >= 1
+    assert [s["id"] for s in found] == [s["id"] for s in local.json()]
+    assert all(s["level"] == "Study" and s["study_description"] == "Chest CT" for s in found)
+
+    text = cli("find", "series", "Modality=CT", server=client)
+    assert text.code == 0, text.stderr
+    rows = text.stdout.splitlines()
+    assert rows and all(re.match(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}  #\d+  CT\b", r) for r in rows)
+    assert f"{len(rows)} series match(es)" in text.stderr
+
+
 # -- exit codes and errors ---------------------------------------------------------------------
 
 
@@ -175,7 +214,10 @@ def test_console_script_is_installed_and_reports_usage(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("kkorthanc")
     assert script.exists(), "pip install -e . creates the kkorthanc console script"
     done = subprocess.run(
-        [str(script), "--help"], capture_output=True, text=True, env=clean_env(tmp_path),
+        [str(script), "--help"],
+        capture_output=True,
+        text=True,
+        env=clean_env(tmp_path),
         check=False,
     )
     assert done.returncode == 0
@@ -207,6 +249,9 @@ def test_wrong_password_exits_3_without_the_password(cli: Cli, client: Orthanc) 
         (["--password", "pw", "stats"], "without a user"),
         (["--url", "ftp://example", "stats"], "not an http"),
         (["sandbox"], "required"),
+        (["find", "study", "Foo=1"], "unknown tag 'Foo'"),
+        (["find", "study", "--local", "X=1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["find", "study", "SeriesDescription=CT"], "is a Series tag"),
     ],
 )
 def test_bad_usage_exits_2_before_any_request(
@@ -225,9 +270,7 @@ def test_bad_usage_exits_2_before_any_request(
 # -- upload and export ---------------------------------------------------------------------------
 
 
-def test_upload_with_junk_is_a_partial_failure(
-    cli: Cli, servers: Servers, tmp_path: Path
-) -> None:
+def test_upload_with_junk_is_a_partial_failure(cli: Cli, servers: Servers, tmp_path: Path) -> None:
     target = servers.new()
     spec = synthetic.SyntheticSpec(1, 1, 1, 2, seed=7)
     good = []
@@ -260,7 +303,12 @@ def test_export_by_uid_and_by_orthanc_id(
 ) -> None:
     folder = tmp_path / "out"
     by_uid = cli(
-        "export", "--workers", "1", "--study", first_study["StudyInstanceUID"], str(folder),
+        "export",
+        "--workers",
+        "1",
+        "--study",
+        first_study["StudyInstanceUID"],
+        str(folder),
         server=client,
     )
     assert by_uid.code == 0, by_uid.stderr
@@ -284,9 +332,7 @@ def test_export_by_uid_and_by_orthanc_id(
     assert len(list(folder.rglob("*.dcm"))) == 12
 
 
-def test_export_of_unknown_uid_fails_in_one_line(
-    cli: Cli, client: Orthanc, tmp_path: Path
-) -> None:
+def test_export_of_unknown_uid_fails_in_one_line(cli: Cli, client: Orthanc, tmp_path: Path) -> None:
     result = cli("export", "--series", "1.2.3.999", str(tmp_path / "none"), server=client)
     assert result.code == 1
     assert result.error_lines == ["kkorthanc: error: no series with Orthanc ID or UID '1.2.3.999'"]
