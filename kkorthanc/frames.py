@@ -108,8 +108,11 @@ def column_names(level: str) -> list[str]:
 
 
 def _linked_parent(resource: Resource) -> Resource | None:
-    # the private link is read directly: the public relation would fetch when it is missing
-    return resource._parent
+    # the private link is read directly: the public relation would fetch when it is missing,
+    # and pydantic's attribute protocol costs more than the rest of a row
+    private = resource.__pydantic_private__
+    parent: Resource | None = private.get("_parent") if private else None
+    return parent
 
 
 def _patient_id_of_study(study: Study) -> str | None:
@@ -119,30 +122,45 @@ def _patient_id_of_study(study: Study) -> str | None:
     return study.patient_main_dicom_tags.get("PatientID") or None
 
 
-def _parents(resource: Resource) -> dict[str, Any]:
-    """Parent IDs and UIDs known without a request."""
-    out: dict[str, Any] = {}
-    study: Study | None = None
+def _study_columns(study: Study | None) -> dict[str, Any]:
+    if study is None:
+        return {}
+    return {
+        "parent_patient_id": study.parent_patient_id,
+        "patient_id": _patient_id_of_study(study),
+        "study_instance_uid": study.study_instance_uid,
+    }
+
+
+def _series_columns(series: Series | None) -> dict[str, Any]:
+    if series is None:
+        return {}
+    parent = _linked_parent(series)
+    return {
+        "parent_study_id": series.parent_study_id,
+        "series_instance_uid": series.series_instance_uid,
+        **_study_columns(parent if isinstance(parent, Study) else None),
+    }
+
+
+def _parents(resource: Resource, memo: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Parent IDs and UIDs known without a request; ``memo`` shares them between siblings."""
     if isinstance(resource, Study):
-        study = resource
-    elif isinstance(resource, Series):
-        parent = _linked_parent(resource)
-        study = parent if isinstance(parent, Study) else None
-        out["parent_study_id"] = resource.parent_study_id
-    elif isinstance(resource, Instance):
-        series = _linked_parent(resource)
-        out["parent_series_id"] = resource.parent_series_id
-        if isinstance(series, Series):
-            out["parent_study_id"] = series.parent_study_id
-            out["series_instance_uid"] = series.series_instance_uid
-            parent = _linked_parent(series)
-            study = parent if isinstance(parent, Study) else None
-    if study is not None:
-        out["parent_patient_id"] = study.parent_patient_id
-        out["patient_id"] = _patient_id_of_study(study)
-        if study is not resource:
-            out["study_instance_uid"] = study.study_instance_uid
-    return out
+        own = _study_columns(resource)
+        del own["study_instance_uid"]
+        return own
+    parent = _linked_parent(resource)
+    if isinstance(resource, Series):
+        key = id(parent)
+        if key not in memo:
+            memo[key] = _study_columns(parent if isinstance(parent, Study) else None)
+        return {"parent_study_id": resource.parent_study_id, **memo[key]}
+    if isinstance(resource, Instance):
+        key = id(parent)
+        if key not in memo:
+            memo[key] = _series_columns(parent if isinstance(parent, Series) else None)
+        return {"parent_series_id": resource.parent_series_id, **memo[key]}
+    return {}
 
 
 def _resources_of(source: Any, level: str | None) -> tuple[type[Resource], Sequence[Resource]]:
@@ -206,11 +224,13 @@ def to_dataframe(resources_or_forest: Any, level: str | None = None) -> pd.DataF
     parent_columns = _PARENT_COLUMNS[cls]
     data: dict[str, list[Any]] = {column: [] for column, _, _ in fields}
     data.update({column: [] for column in parent_columns})
+    memo: dict[int, dict[str, Any]] = {}
     for resource in resources:
+        values = resource.__dict__  # pydantic keeps field values here; plain reads
         for column, name, kind in fields:
-            value = getattr(resource, name)
+            value = values[name]
             data[column].append(len(value) if kind == "count" else value)
-        parents = _parents(resource)
+        parents = _parents(resource, memo)
         for column in parent_columns:
             data[column].append(parents.get(column))
     columns: dict[str, Any] = {}
