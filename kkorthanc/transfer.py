@@ -761,7 +761,8 @@ def upload(
     Raises:
         TypeError: ``source`` is of a type that cannot be uploaded.
         FileNotFoundError: ``source`` is a path that does not exist.
-        Unauthorized, Forbidden, NotFound: the server refuses every upload; the run stops.
+        Unauthorized, Forbidden: the server refuses every upload; the run stops.
+        NotFound: the URL is not an Orthanc REST root (``POST /instances`` is unknown there).
 
     Costs one request per DICOM item (plus retries); nothing is parsed locally.
     """

@@ -336,6 +336,28 @@ def test_upload_files_bytes_datasets_and_junk_then_again(
     assert target.statistics()["CountInstances"] == 4
 
 
+def test_unusual_files_are_sent_for_the_server_to_judge(servers: Servers, workers: int) -> None:
+    target = servers.new()
+    dataset = next(synthetic.generate(synthetic.SyntheticSpec(1, 1, 1, 1, seed=12)))
+    raw = pydicom.filebase.DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(raw, dataset)  # no preamble, no file meta
+    bare = raw.getvalue()
+    assert bare[128:132] != b"DICM"
+    # a DICOMDIR under another name: Orthanc answers 404 "Inexistent tag" for it
+    index = pydicom.Dataset()
+    index.file_meta = pydicom.dataset.FileMetaDataset()
+    index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    index.file_meta.MediaStorageSOPInstanceUID = synthetic.uid("dicomdir")
+    index.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    index.FileSetID = "KKTEST"
+    index.DirectoryRecordSequence = []
+    report = target.upload([bare, index], workers=workers, progress=False)
+    assert [item.status for item in report] == ["stored", "rejected"]
+    assert "404 (Inexistent tag)" in (report.items[1].error or "")
+    assert report.requests == 2
+
+
 def test_archives_are_read_member_by_member(servers: Servers, tmp_path: Path, workers: int) -> None:
     target = servers.new()
     files = sample_files(4, seed=4)
@@ -469,7 +491,9 @@ def test_export_never_overwrites_or_leaves_the_folder(
     (tmp_path / "outside").mkdir()
     (out / "escape").symlink_to(tmp_path / "outside")
     start = client.request_count
-    report = client.export(study, out, layout="escape/{SOPInstanceUID}.dcm", progress=False)
+    report = client.export(
+        study, out, layout="escape/{SOPInstanceUID}.dcm", workers=workers, progress=False
+    )
     assert client.request_count - start == 2  # the listings; nothing is downloaded
     assert report.counts["failed"] == len(report) > 0
     assert all(item.error == "the path leaves the export folder" for item in report)
