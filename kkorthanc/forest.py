@@ -220,8 +220,15 @@ class ByLevel(NamedTuple):
         return ", ".join(parts) or "nothing"
 
 
-def _by_level(ids: dict[type[Resource], list[str]]) -> ByLevel:
-    return ByLevel(*(tuple(ids.get(cls, ())) for cls in LEVELS))
+def _by_level(
+    ids: dict[type[Resource], list[str]], leave_out: dict[type[Resource], list[str]] | None = None
+) -> ByLevel:
+    """IDs per level, each once, in first-seen order, without those in ``leave_out``."""
+    out = []
+    for cls in LEVELS:
+        skip = set(leave_out.get(cls, ())) if leave_out else set()
+        out.append(tuple(i for i in dict.fromkeys(ids.get(cls, ())) if i not in skip))
+    return ByLevel(*out)
 
 
 @dataclass(frozen=True)
@@ -357,6 +364,9 @@ def _plain_check(annotation: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+_Build = Callable[[Any, "Orthanc | None", "defaultdict[Any, dict[str, Any]]"], Resource]
+
+
 class _FieldPlan(NamedTuple):
     name: str
     alias: str
@@ -372,7 +382,9 @@ class _Factory:
 
     The plan is read from the model's own fields: the same aliases, the same ``BeforeValidator``
     parsers, the same defaults, so the objects equal what pydantic validation gives (a test
-    checks it). Parsed values are memoized per build (dates, times, names and numbers repeat a
+    checks it on odd values too). It is compiled into one straight-line function per class
+    (as :mod:`dataclasses` does for ``__init__``), which takes a fifth less time than a loop
+    over the fields. Parsed values are memoized per build (dates, names and numbers repeat a
     lot), which also lets equal values share one object. Anything unexpected (a non-string tag,
     a field type the plan does not know) goes through ``from_orthanc`` and its validation.
     """
@@ -383,12 +395,13 @@ class _Factory:
             name: attr.get_default() for name, attr in cls.__private_attributes__.items()
         }
         self.fields: tuple[_FieldPlan, ...] | None = self._plan(cls)
+        self.build: _Build | None = self._compile() if self.fields is not None else None
 
     @staticmethod
     def _plan(cls: type[Resource]) -> tuple[_FieldPlan, ...] | None:
         plans: list[_FieldPlan] = []
         for name, info in cls.model_fields.items():
-            if info.alias is None:
+            if info.alias is None or not name.isidentifier():
                 return None
             validators = [m for m in info.metadata if isinstance(m, BeforeValidator)]
             if len(info.metadata) != len(validators) or len(validators) > 1:
@@ -409,60 +422,91 @@ class _Factory:
             )
         return tuple(plans)
 
+    def _compile(self) -> _Build:
+        """Write the plan out as one function: ``build(data, client, memos) -> model``.
+
+        It raises :class:`_Unsupported` for anything the plan does not cover.
+        """
+        assert self.fields is not None
+        names: dict[str, Any] = {
+            "MISSING": _MISSING,
+            "Unsupported": _Unsupported,
+            "new": object.__new__,
+            "setattr": object.__setattr__,
+            "cls": self.cls,
+            "private": self.private,
+        }
+        lines = [
+            "def build(data, client, memos):",
+            "    if type(data) is not dict: raise Unsupported",
+            "    get = data.get",
+            "    tags = get('MainDicomTags')",
+            "    if tags is None: tags = {}",
+            "    elif type(tags) is not dict: raise Unsupported",
+            "    tag = tags.get",
+            "    given = set()",
+            "    add = given.add",
+        ]
+        for k, f in enumerate(self.fields):
+            names[f"parse{k}"] = f.parse
+            names[f"check{k}"] = f.check
+            names[f"default{k}"] = f.default
+            names[f"factory{k}"] = f.factory
+            if f.factory is _REQUIRED:
+                missing = "raise Unsupported"
+            elif f.factory is None:
+                missing = f"v{k} = default{k}"
+            else:
+                missing = f"v{k} = factory{k}()"
+            lines += [
+                f"    v{k} = get({f.alias!r}, MISSING)",  # the listing's own keys come first
+                f"    if v{k} is MISSING: v{k} = tag({f.alias!r}, MISSING)",
+                f"    if v{k} is MISSING: {missing}",
+                "    else:",
+                f"        add({f.name!r})",
+            ]
+            if f.parse is None:
+                lines.append(f"        v{k} = check{k}(v{k})")
+                continue
+            lines += [
+                f"        if type(v{k}) is str:",
+                *(
+                    [
+                        f"            memo = memos[parse{k}]",
+                        f"            parsed = memo.get(v{k}, MISSING)",
+                        f"            if parsed is MISSING: parsed = memo[v{k}] = parse{k}(v{k})",
+                        f"            v{k} = parsed",
+                    ]
+                    if f.memoize
+                    else [f"            v{k} = parse{k}(v{k})"]
+                ),
+                f"        elif v{k} is not None: raise Unsupported",
+            ]
+        values = ", ".join(f"{f.name!r}: v{k}" for k, f in enumerate(self.fields))
+        lines += [
+            "    obj = new(cls)",
+            f"    setattr(obj, '__dict__', {{{values}}})",
+            "    setattr(obj, '__pydantic_fields_set__', given)",
+            "    setattr(obj, '__pydantic_extra__', None)",
+            "    links = private.copy()",
+            "    links['_client'] = client",
+            "    setattr(obj, '__pydantic_private__', links)",
+            "    return obj",
+        ]
+        exec("\n".join(lines), names)  # the source comes from the model's own fields
+        build: _Build = names["build"]
+        return build
+
     def __call__(
         self, data: Any, client: Orthanc | None, memos: defaultdict[Any, dict[str, Any]]
     ) -> Resource:
-        fields = self.fields
-        if fields is None or type(data) is not dict:
-            return self.cls.from_orthanc(data, client)
-        tags = data.get("MainDicomTags")
-        if tags is None:
-            tags = {}
-        elif type(tags) is not dict:
-            return self.cls.from_orthanc(data, client)
-        values: dict[str, Any] = {}
-        given: set[str] = set()
-        get = data.get
-        tag = tags.get
-        try:
-            for name, alias, parse, memoize, check, default, factory in fields:
-                value = get(alias, _MISSING)
-                if value is _MISSING:
-                    value = tag(alias, _MISSING)
-                    if value is _MISSING:
-                        if factory is None:
-                            values[name] = default
-                        elif factory is _REQUIRED:
-                            raise _Unsupported
-                        else:
-                            values[name] = factory()
-                        continue
-                given.add(name)
-                if parse is not None:
-                    if type(value) is str:
-                        if memoize:
-                            memo = memos[parse]
-                            parsed = memo.get(value, _MISSING)
-                            if parsed is _MISSING:
-                                parsed = memo[value] = parse(value)
-                            value = parsed
-                        else:
-                            value = parse(value)
-                    elif value is not None:
-                        raise _Unsupported
-                elif check is not None:
-                    value = check(value)
-                values[name] = value
-        except _Unsupported:
-            return self.cls.from_orthanc(data, client)
-        obj = object.__new__(self.cls)
-        object.__setattr__(obj, "__dict__", values)
-        object.__setattr__(obj, "__pydantic_fields_set__", given)
-        object.__setattr__(obj, "__pydantic_extra__", None)
-        private = self.private.copy()
-        private["_client"] = client
-        object.__setattr__(obj, "__pydantic_private__", private)
-        return obj
+        """The model for one expanded JSON object (pydantic validation for odd input)."""
+        if self.build is not None:
+            try:
+                return self.build(data, client, memos)
+            except _Unsupported:
+                pass
+        return self.cls.from_orthanc(data, client)
 
 
 _FACTORIES: dict[type[Resource], _Factory] = {cls: _Factory(cls) for cls in LEVELS}
@@ -1052,13 +1096,17 @@ def _load(client: Orthanc, depth: Depth, page_size: int) -> _State:
     with _GC_PAUSE:
         for cls, page in _pages(client, levels, page_size):
             make = _FACTORIES[cls]
+            build = make.build or make
             table = state.tables[cls]
             uids = state.uids[cls]
             uid_field = _UID_FIELD[cls]
             parent_field = _PARENT_FIELD.get(cls)
             by_parent = groups[cls]
             for item in page:
-                obj = make(item, client, memos)
+                try:
+                    obj = build(item, client, memos)
+                except _Unsupported:
+                    obj = make(item, client, memos)
                 fields = obj.__dict__
                 previous = table.get(obj.id)
                 if previous is not None:  # listed twice: the server changed between pages
@@ -1131,6 +1179,8 @@ class _Updater:
     removed: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
     updated: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: list[str] = field(default_factory=list)
+    #: resources read from the server during this update: their state is the newest known
+    fetched: set[str] = field(default_factory=set)
 
     @property
     def state(self) -> _State:
@@ -1160,7 +1210,7 @@ class _Updater:
         return UpdateReport(
             added=_by_level(self.added),
             removed=_by_level(self.removed),
-            updated=_by_level(self.updated),
+            updated=_by_level(self.updated, leave_out=self.added),
             requests=self.client.request_count - start,
             changes=changes,
             from_seq=from_seq,
@@ -1272,6 +1322,7 @@ class _Updater:
                         pending.setdefault(above, False)
                     continue
                 fetched[resource_id] = item
+                self.fetched.add(resource_id)
                 if up:
                     self._schedule_ancestors(item, batch, asked, pending)
         self._apply(fetched, vanished)
@@ -1411,14 +1462,17 @@ class _Updater:
         parent.__dict__[key] = tuple(i for i in parent.__dict__[key] if i != obj.id)
 
     def _apply_stable(self, stable: set[str]) -> None:
-        """``Stable*`` changes: set ``is_stable`` without asking (fetched ones are current)."""
-        for resource_id in sorted(stable):
+        """``Stable*`` changes: set ``is_stable`` without a request.
+
+        Resources read during this update are skipped: what the server sent is newer than
+        the change (a resource turns unstable again when an instance arrives).
+        """
+        for resource_id in sorted(stable - self.fetched):
             found = self._find(resource_id)
             if found is None or found.__dict__.get("is_stable", True) is True:
                 continue
             found.__dict__["is_stable"] = True
-            if resource_id not in self.updated[type(found)]:
-                self.updated[type(found)].append(resource_id)
+            self.updated[type(found)].append(resource_id)
 
     # -- deletions ------------------------------------------------------------------------------
 

@@ -227,6 +227,27 @@ def test_a_uid_shared_by_two_resources_is_reported_not_guessed(client: Orthanc) 
     assert forest.study(second.id) is second  # the Orthanc ID stays unique
 
 
+def test_find_frames_and_rendering_read_the_forest_without_requests(client: Orthanc) -> None:
+    import io
+
+    forest = build_patient_forest(client)
+    before = client.request_count
+    chest = forest.find("study", StudyDescription="chest*")
+    assert chest and all(s.study_description == "Chest CT" for s in chest)
+    expected = {s.id for s in forest.studies if (s.study_description or "").lower() == "chest ct"}
+    assert {s.id for s in chest} == expected
+    assert [p.id for p in forest.find("patient", {"PatientID": "KK-0-0001"})] == [
+        forest.patient("KK-0-0001").id
+    ]
+    frame = forest.to_dataframe("series")
+    assert len(frame) == 16 and set(frame["id"]) == {s.id for s in forest.series}
+    out = io.StringIO()
+    forest.print_tree(max_depth=2, file=out)
+    assert "4 patients" in out.getvalue()
+    assert "<" in forest._repr_html_()
+    assert client.request_count == before
+
+
 # -- cache ----------------------------------------------------------------------------------------
 
 
@@ -553,20 +574,37 @@ def test_cleared_feed_makes_update_rebuild_and_say_so(servers: Servers) -> None:
 def test_stable_changes_set_is_stable_without_requests(
     servers: Servers, kk_mode: str
 ) -> None:
-    client = servers.new(sample=True, stable_age=1)
+    client = servers.new(sample=True, stable_age=3)
     forest = load_forest(client)
-    # every resource logs a Stable* change once no instance arrived for a second
+    kept = load_forest(client)  # updated only later, across more changes
+    # every resource logs a Stable* change once no instance arrived for three seconds
     deadline = time.monotonic() + 30
     while client.last_change() < 76 + 28:
         assert time.monotonic() < deadline
         if kk_mode != "replay":
             time.sleep(0.5)
-    unstable = [r for cls in LEVELS[:3] for r in getattr(forest, cls.collection) if not r.is_stable]
+    above = (Patient, Study, Series)
+    unstable = [r for cls in above for r in getattr(forest, cls.collection) if not r.is_stable]
     report = forest.update()
     assert report.requests == 2  # the feed and the statistics: no resource is read again
     assert report.updated.total == len(unstable)
-    assert all(r.is_stable for cls in LEVELS[:3] for r in getattr(forest, cls.collection))
+    assert all(r.is_stable for cls in above for r in getattr(forest, cls.collection))
     assert forest.snapshot() == load_forest(client).snapshot()
+
+    # a new instance makes its series, study and patient unstable again: for the forest
+    # that still has the Stable* changes to read, what the server sends now wins
+    series = kept.series(synthetic.uid("series", 0, 0, 0, 0))
+    upload(client, LONGER, "P000/ST00/SE00/IM003")
+    report = kept.update()
+    assert report.changes == 28 + 1
+    assert (series.is_stable, series.study.is_stable, series.patient.is_stable) == (
+        False,
+        False,
+        False,
+    )
+    assert sum(s.is_stable is True for s in kept.series) == 15
+    forest.update()
+    assert kept.snapshot() == forest.snapshot()
 
 
 def test_change_feed_and_bulk_reads_on_the_client(client: Orthanc) -> None:

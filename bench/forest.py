@@ -1,0 +1,264 @@
+"""The patient forest of 24,000 instances: kkorthanc against the raw floor and pyorthanc.
+
+Starts a sandbox, loads ``synthetic.BENCH`` (200 patients x 3 studies x 4 series x 10
+instances), then measures in the same run, each several times with the best time kept:
+
+- the raw floor: the paged expanded listings of the four levels, decoded with ``json.loads``,
+  no models (what any client must at least pay to see everything);
+- ``build_patient_forest``: the same listings made into linked, indexed, typed models, then a
+  walk of every level (which costs no request);
+- pyorthanc's ``find()`` followed by a walk of every level reading each resource's main tags
+  (one request per resource); on a subset of patients unless ``--full``, extrapolated per
+  resource and marked as such;
+- ``forest.update()`` after 10 new instances, against a full build;
+- memory per resource of the built forest (tracemalloc).
+
+    python bench/forest.py [--repeat 5] [--subset 20] [--full] [--page-size 4000]
+
+Exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kkorthanc import Orthanc, synthetic
+from kkorthanc.forest import DEFAULT_PAGE_SIZE, PatientForest, load_forest
+from kkorthanc.sandbox import Sandbox
+
+LEVEL_PATHS = ("/patients", "/studies", "/series", "/instances")
+
+
+@dataclass
+class Result:
+    """One contender: best wall time, requests of one run, resources it saw."""
+
+    name: str
+    seconds: float
+    requests: int
+    resources: int
+    note: str = ""
+
+
+def timed(client: Orthanc, run: Callable[[], int]) -> tuple[float, int, int]:
+    """Wall time, requests and the count ``run`` returns, for one run."""
+    gc.collect()
+    before = client.request_count
+    start = time.perf_counter()
+    count = run()
+    return time.perf_counter() - start, client.request_count - before, count
+
+
+def raw_floor(client: Orthanc, page_size: int, prefetch: bool = False) -> int:
+    """Every level's paged expanded listing, decoded by json.loads; nothing else."""
+    seen = 0
+    for path in LEVEL_PATHS:
+        for page in client._transport.iter_pages(path, page_size=page_size, prefetch=prefetch):
+            seen += len(page)
+    return seen
+
+
+def walk_forest(forest: PatientForest) -> int:
+    """Every level through the links, reading a main tag of each resource."""
+    seen = 0
+    for patient in forest.patients:
+        seen += bool(patient.patient_id) or 1
+        for study in patient.studies:
+            seen += bool(study.study_instance_uid) or 1
+            for series in study.series:
+                seen += bool(series.modality) or 1
+                for instance in series.instances:
+                    seen += bool(instance.sop_instance_uid) or 1
+    return seen
+
+
+def kk_build(client: Orthanc, page_size: int) -> int:
+    return load_forest(client, page_size=page_size).counts.total
+
+
+def pyorthanc_walk(url: str, auth: tuple[str, str], patients: int | None) -> tuple[int, int]:
+    """pyorthanc.find() then a walk reading every resource's main tags; (resources, requests)."""
+    import httpx
+    import pyorthanc
+
+    sent = 0
+
+    def count(request: httpx.Request) -> None:
+        nonlocal sent
+        sent += 1
+
+    orthanc = pyorthanc.Orthanc(url, username=auth[0], password=auth[1])
+    orthanc.event_hooks["request"].append(count)
+    keep: set[str] | None = None
+    if patients is not None:
+        keep = set(orthanc.get_patients()[:patients])
+    found = pyorthanc.find(
+        orthanc, patient_filter=(lambda p: p.id_ in keep) if keep is not None else None
+    )
+    seen = 0
+    for patient in found:
+        seen += bool(patient.main_dicom_tags.get("PatientID")) or 1
+        for study in patient.studies:
+            seen += bool(study.main_dicom_tags.get("StudyInstanceUID")) or 1
+            for series in study.series:
+                seen += bool(series.main_dicom_tags.get("Modality")) or 1
+                for instance in series.instances:
+                    seen += bool(instance.main_dicom_tags.get("SOPInstanceUID")) or 1
+    return seen, sent
+
+
+def best(client: Orthanc, run: Callable[[], int], repeat: int) -> tuple[float, int, int]:
+    runs = [timed(client, run) for _ in range(repeat)]
+    return min(r[0] for r in runs), runs[0][1], runs[0][2]
+
+
+def memory_per_resource(client: Orthanc, page_size: int) -> tuple[float, float, int]:
+    """Bytes per resource held by a built forest (and at the peak of the build)."""
+    gc.collect()
+    tracemalloc.start()
+    forest = load_forest(client, page_size=page_size)
+    gc.collect()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    resources = forest.counts.total
+    return current / resources, peak / resources, resources
+
+
+def upload(client: Orthanc, spec: synthetic.SyntheticSpec) -> int:
+    for _, body in synthetic.generate_bytes(spec):
+        client._transport.request(
+            "POST", "/instances", data=body, headers={"Content-Type": "application/dicom"}
+        )
+    return spec.total_instances
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in pairs]
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per contender (best kept)")
+    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
+    parser.add_argument("--subset", type=int, default=20, help="patients pyorthanc walks")
+    parser.add_argument("--full", action="store_true", help="let pyorthanc walk everything")
+    args = parser.parse_args(argv)
+    spec = synthetic.BENCH
+    print(f"loading {spec.total_instances:,} instances ({spec.patients} patients x "
+          f"{spec.studies_per_patient} studies x {spec.series_per_study} series x "
+          f"{spec.instances_per_series} instances) into a sandbox ...", flush=True)
+    with Sandbox(name="kk-bench-forest", stable_age=3600) as sandbox:
+        start = time.perf_counter()
+        sandbox.load_synthetic(spec, workers=4)
+        print(f"loaded in {time.perf_counter() - start:.0f} s\n", flush=True)
+        with sandbox.client() as client:
+            report(client, sandbox.url, sandbox.auth, args)
+    return 0
+
+
+def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
+    page_size = args.page_size
+    total = synthetic.BENCH.total_instances
+    resources = 200 + 600 + 2400 + total
+
+    # floor and build alternate, so that both see the same load on the machine
+    floor_runs: list[tuple[float, int, int]] = []
+    prefetch_runs: list[tuple[float, int, int]] = []
+    build_runs: list[tuple[float, int, int]] = []
+    for _ in range(args.repeat):
+        floor_runs.append(timed(client, lambda: raw_floor(client, page_size)))
+        build_runs.append(timed(client, lambda: kk_build(client, page_size)))
+        prefetch_runs.append(timed(client, lambda: raw_floor(client, page_size, True)))
+    floor = Result("raw floor: paged listings + json.loads", min(r[0] for r in floor_runs),
+                   floor_runs[0][1], floor_runs[0][2])
+    floor_prefetch = Result("raw floor, next page prefetched", min(r[0] for r in prefetch_runs),
+                            prefetch_runs[0][1], prefetch_runs[0][2])
+    build = Result("kkorthanc build_patient_forest", min(r[0] for r in build_runs),
+                   build_runs[0][1], build_runs[0][2])
+    forest = load_forest(client, page_size=page_size)
+    walk_seconds, walk_requests, walked = best(client, lambda: walk_forest(forest), args.repeat)
+    built_walked = Result("kkorthanc build + walk of every level", build.seconds + walk_seconds,
+                          build.requests + walk_requests, walked)
+
+    subset = None if args.full else args.subset
+    started = time.perf_counter()
+    seen, sent = pyorthanc_walk(url, auth, subset)
+    elapsed = time.perf_counter() - started
+    if subset is None:
+        pyo = Result("pyorthanc find() + walk", elapsed, sent, seen)
+    else:
+        scale = resources / seen
+        pyo = Result(
+            "pyorthanc find() + walk", elapsed * scale, round(sent * scale), resources,
+            f"extrapolated from {subset} patients ({seen:,} resources, {sent:,} requests, "
+            f"{elapsed:.1f} s)",
+        )
+
+    rows = [("contender", "requests", "resources", "wall s", "x floor", "x kkorthanc")]
+    for result in (floor, floor_prefetch, build, built_walked, pyo):
+        rows.append((
+            result.name, f"{result.requests:,}", f"{result.resources:,}",
+            f"{result.seconds:.3f}", f"{result.seconds / floor.seconds:.2f}",
+            f"{result.seconds / build.seconds:.2f}",
+        ))
+    print(f"Whole tree of {resources:,} resources, page size {page_size}, best of "
+          f"{args.repeat}:\n")
+    print(table(rows))
+    if pyo.note:
+        print(f"\npyorthanc: {pyo.note}")
+    print(f"\nbuild / raw floor: {build.seconds / floor.seconds:.3f}  "
+          f"(against the prefetching floor: {build.seconds / floor_prefetch.seconds:.3f})")
+    print(f"pyorthanc / (build + walk): {pyo.seconds / built_walked.seconds:.1f}x slower")
+
+    # update after 10 new instances, against a full build
+    update_runs = []
+    for seed in range(args.repeat):
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=1000 + seed))
+        seconds, requests, _ = timed(client, lambda: forest.update().added.total)
+        update_runs.append((seconds, requests))
+    quiet_seconds, quiet_requests, _ = timed(client, lambda: forest.update().added.total)
+    fresh = load_forest(client, page_size=page_size)
+    same = forest.snapshot() == fresh.snapshot()
+    up_seconds = min(r[0] for r in update_runs)
+    print("\nforest.update() after 10 new instances (1 patient, 1 study, 1 series):\n")
+    rows = [("operation", "requests", "wall s", "x build")]
+    rows.append(("full build (no walk)", f"{fresh_requests(client, page_size):,}",
+                 f"{build.seconds:.3f}", "1.00"))
+    rows.append(("update after 10 new instances", f"{update_runs[0][1]}",
+                 f"{up_seconds:.4f}", f"{up_seconds / build.seconds:.4f}"))
+    rows.append(("update with nothing new", f"{quiet_requests}", f"{quiet_seconds:.4f}",
+                 f"{quiet_seconds / build.seconds:.4f}"))
+    print(table(rows))
+    print(f"\nupdate / build: {100 * up_seconds / build.seconds:.2f} % of the time, "
+          f"{100 * update_runs[0][1] / build.requests:.0f} % of the requests; "
+          f"updated forest equals a fresh build: {same}")
+
+    per, peak, counted = memory_per_resource(client, page_size)
+    print(f"\nmemory: {per:,.0f} bytes per resource held by the forest "
+          f"({per * counted / 2**20:.1f} MiB for {counted:,} resources; "
+          f"peak during the build {peak:,.0f} bytes per resource), tracemalloc")
+
+
+def fresh_requests(client: Orthanc, page_size: int) -> int:
+    before = client.request_count
+    load_forest(client, page_size=page_size)
+    return client.request_count - before
+
+
+if __name__ == "__main__":
+    sys.exit(main())
