@@ -19,7 +19,6 @@ import contextlib
 import copy
 import io
 import json
-import lzma
 import os
 import queue
 import re
@@ -51,13 +50,21 @@ from .errors import (
 )
 from .models import Instance, Patient, Resource, Series, Study
 
+try:
+    import lzma
+except ImportError:  # pragma: no cover - Python built without liblzma
+    lzma = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from ._transport import Transport
     from .client import Orthanc
 
 __all__ = [
+    "ARCHIVE_SUFFIXES",
     "DEFAULT_LAYOUT",
+    "DEFAULT_MAX_CONSECUTIVE_FAILURES",
     "DEFAULT_MAX_MEMBER_SIZE",
+    "JUNK_NAMES",
     "ExportFailed",
     "ExportItem",
     "ExportReport",
@@ -98,7 +105,7 @@ _ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
     tarfile.TarError,
     zlib.error,
-    lzma.LZMAError,
+    *((lzma.LZMAError,) if lzma is not None else ()),
 )
 # First data-element groups of a DICOM dataset written without the Part-10 preamble.
 _RAW_DATASET_GROUPS = frozenset({0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
@@ -836,8 +843,9 @@ def upload(
                 except queue.Full:
                     if not any(t.is_alive() for t in threads):
                         break
-                    with contextlib.suppress(queue.Empty):
-                        tasks.get_nowait()  # only when stopping: drop queued work
+                    if stop.is_set():  # the run is abandoned: queued work is dropped
+                        with contextlib.suppress(queue.Empty):
+                            tasks.get_nowait()
         for thread in threads:
             thread.join()
         bar.close()

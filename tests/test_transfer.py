@@ -177,6 +177,20 @@ def test_unreachable_server_fails_items_and_stops_sending(tmp_path: Path) -> Non
         report.raise_for_failures(rejected=False)
 
 
+def test_a_slow_server_loses_no_queued_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = transfer._Uploader._run
+
+    def slow(self: transfer._Uploader, task: transfer._Task) -> UploadItem:
+        time.sleep(0.15)  # longer than the producer waits on a full queue
+        return run(self, task)
+
+    monkeypatch.setattr(transfer._Uploader, "_run", slow)
+    junk = [f"junk {n}".encode() for n in range(8)]
+    report = transfer.upload(nowhere(), junk, workers=1, progress=False)
+    assert [item.source for item in report] == [f"<bytes #{n}>" for n in range(1, 9)]
+    assert all(item.status == "rejected" for item in report)
+
+
 def test_progress_bar_shows_and_works_without_tqdm(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
