@@ -131,8 +131,8 @@ def test_junk_loops_and_bombs_are_reported_and_never_sent(tmp_path: Path) -> Non
     assert "max_member_size" in reasons["bomb.zipbig.dcm"]
     assert "inside archives" in reasons["bomb.zipinner.zip"]
     assert "links inside archives" in reasons["b.tar.gzlink.dcm"]
-    # a member that declares 100 bytes but inflates to 3 MiB is stopped, never stored whole
-    assert by_source["liar.zipsmall.dcm"].size == 0
+    # a member that declares 100 bytes but inflates to 3 MiB is stopped at the declared size
+    assert "Bad CRC" in reasons["liar.zipsmall.dcm"]
     assert report.counts == {"stored": 0, "already_stored": 0, "rejected": 10, "failed": 0}
     with pytest.raises(UploadFailed) as caught:
         report.raise_for_failures()
@@ -553,6 +553,15 @@ def test_download_archive_is_a_zip_of_the_study(client: Orthanc, tmp_path: Path)
         names = [n for n in archive.namelist() if n.lower().endswith(".dcm")]
     assert len(names) == len(study.series_ids) * synthetic.SAMPLE.instances_per_series
     assert [p.name for p in tmp_path.iterdir()] == ["study.zip"]
+
+    instance = study.series[0].instances[0]
+    start = client.request_count
+    single = instance.download_archive(tmp_path)  # a folder: named after the instance
+    assert client.request_count - start == 1
+    assert single == tmp_path / f"{instance.id}.zip"
+    with zipfile.ZipFile(single) as archive:
+        (entry,) = archive.namelist()
+        assert archive.read(entry)[128:132] == b"DICM"
 
 
 def test_save_writes_the_same_bytes_as_read_bytes(client: Orthanc, tmp_path: Path) -> None:
