@@ -48,11 +48,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TextIO, TypeVar, overload
 
+import pydantic_core
 from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.functional_validators import BeforeValidator
 
-from .errors import OrthancError
+from .errors import OrthancConnectionError, OrthancError
 from .models import (
     Instance,
     OrthancTime,
@@ -592,12 +593,21 @@ def _count(state: _State, cls: type[Resource]) -> int:
 
 
 def _fetch_page(client: Orthanc, cls: type[Resource], since: int, limit: int) -> list[Any]:
-    """One page of an expanded level listing (``GET /{level}?expand&since=&limit=``)."""
-    page = client._transport.get_json(
-        f"/{cls.collection}", {"expand": "", "since": since, "limit": limit}
+    """One page of an expanded level listing (``GET /{level}?expand&since=&limit=``).
+
+    Decoded by pydantic's JSON parser: faster than :func:`json.loads`, and equal strings
+    (tag values, parent IDs) come out as one shared object, which halves a page's memory.
+    """
+    path = f"/{cls.collection}"
+    response = client._transport.request(
+        "GET", path, params={"expand": "", "since": since, "limit": limit}
     )
+    try:
+        page = pydantic_core.from_json(response.content)
+    except ValueError as exc:
+        raise OrthancConnectionError(f"GET {path}: the server's answer is not JSON") from exc
     if not isinstance(page, list):
-        raise OrthancError(f"GET /{cls.collection}: expected a JSON list of resources")
+        raise OrthancError(f"GET {path}: expected a JSON list of resources")
     return page
 
 
@@ -1033,13 +1043,21 @@ class PatientForest:
         deletions, which Orthanc does not log. Only when the counts disagree, one ID-only
         listing per disagreeing level (``GET /{level}``) finds what vanished. The cost grows
         with the number of changes, not with the size of the server. Model objects stay the
-        same objects: fields are updated in place.
+        same objects: fields are updated in place, so a forest shared through the cache of
+        :func:`build_patient_forest` is brought up to date for every holder. ``requests`` in
+        the report counts everything the client sent meanwhile, other threads included.
 
         Falls back to a full rebuild (``report.rebuilt``, with the reason) when the feed cannot
-        cover the gap since :attr:`last_seq`, or holds more changes than a rebuild costs.
+        cover the gap since :attr:`last_seq`, or holds more changes than a rebuild costs; the
+        forest then holds new model objects.
 
         Returns:
             what was added, removed and updated per level, and the requests it took.
+
+        Raises:
+            OrthancError: the server refused or could not be reached; the forest is left as
+                it was before the failing request (possibly partly updated, never half-linked),
+                and :attr:`last_seq` only moves once the feed has been applied.
         """
         with self._lock:
             return _Updater(self).run()
@@ -1564,7 +1582,7 @@ class ForestCache:
 
         Requests: none when cached; else ``GET /changes?last`` and one
         ``GET /{level}?expand&since&limit`` per page of each level down to ``depth``
-        (24,000 instances at the default page size: 1 + 1 + 1 + 1 + 6 pages = 10 requests).
+        (200 patients, 600 studies, 2,400 series and 24,000 instances: 11 requests).
 
         Raises:
             ValueError: an unknown depth or a bad page size.
