@@ -662,8 +662,8 @@ class _Uploader:
         if self.tripped is not None:
             return UploadItem(task.source, "failed", size=size, error=self.tripped)
         try:
-            response = self.transport.request(
-                "POST", "/instances", data=data, headers={"Content-Type": "application/dicom"}
+            content = self.transport.send_bytes(
+                "POST", "/instances", data, content_type="application/dicom"
             )
         except (Unauthorized, Forbidden):
             raise
@@ -682,7 +682,7 @@ class _Uploader:
             return self._refused(task, size, exc)
         self._reset()
         try:
-            answer = json.loads(response.content)
+            answer = json.loads(content)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
