@@ -29,11 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kkorthanc import Orthanc, synthetic
+import pydantic_core
+
+from kkorthanc import Instance, Orthanc, Patient, Series, Study, synthetic
 from kkorthanc.forest import DEFAULT_PAGE_SIZE, PatientForest, load_forest
 from kkorthanc.sandbox import Sandbox
 
 LEVEL_PATHS = ("/patients", "/studies", "/series", "/instances")
+LEVEL_CLASSES = (Patient, Study, Series, Instance)
 
 
 @dataclass
@@ -45,6 +48,17 @@ class Result:
     requests: int
     resources: int
     note: str = ""
+
+
+class ByteCounter:
+    """Counts the bytes of every answer the client receives (a response hook)."""
+
+    def __init__(self, client: Orthanc) -> None:
+        self.received = 0
+        client._transport.session.hooks["response"].append(self.count)
+
+    def count(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.received += len(response.content)
 
 
 def timed(client: Orthanc, run: Callable[[], int]) -> tuple[float, int, int]:
@@ -62,6 +76,23 @@ def raw_floor(client: Orthanc, page_size: int, prefetch: bool = False) -> int:
     for path in LEVEL_PATHS:
         for page in client._transport.iter_pages(path, page_size=page_size, prefetch=prefetch):
             seen += len(page)
+    return seen
+
+
+def raw_floor_fast_json(client: Orthanc, page_size: int) -> int:
+    """The same pages decoded by pydantic_core.from_json (the parser the forest uses)."""
+    seen = 0
+    for path in LEVEL_PATHS:
+        since = 0
+        while True:
+            response = client._transport.request(
+                "GET", path, params={"expand": "", "since": since, "limit": page_size}
+            )
+            page = pydantic_core.from_json(response.content)
+            seen += len(page)
+            if len(page) < page_size:
+                break
+            since += page_size
     return seen
 
 
@@ -131,6 +162,22 @@ def memory_per_resource(client: Orthanc, page_size: int) -> tuple[float, float, 
     return current / resources, peak / resources, resources
 
 
+def memory_of_validated_models(client: Orthanc, page_size: int) -> float:
+    """Bytes per resource of plain ``from_orthanc`` models of every level, for comparison."""
+    gc.collect()
+    tracemalloc.start()
+    models = [
+        cls.from_orthanc(item, client)
+        for cls, path in zip(LEVEL_CLASSES, LEVEL_PATHS, strict=True)
+        for page in client._transport.iter_pages(path, page_size=page_size)
+        for item in page
+    ]
+    gc.collect()
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return current / len(models)
+
+
 def upload(client: Orthanc, spec: synthetic.SyntheticSpec) -> int:
     for _, body in synthetic.generate_bytes(spec):
         client._transport.request(
@@ -157,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
     parser.add_argument("--subset", type=int, default=20, help="patients pyorthanc walks")
     parser.add_argument("--full", action="store_true", help="let pyorthanc walk everything")
+    parser.add_argument("--seed", type=int, default=1000, help="seed of the added instances")
     args = parser.parse_args(argv)
     spec = synthetic.BENCH
     print(f"loading {spec.total_instances:,} instances ({spec.patients} patients x "
@@ -176,20 +224,24 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
     total = synthetic.BENCH.total_instances
     resources = 200 + 600 + 2400 + total
 
-    # floor and build alternate, so that both see the same load on the machine
-    floor_runs: list[tuple[float, int, int]] = []
-    prefetch_runs: list[tuple[float, int, int]] = []
-    build_runs: list[tuple[float, int, int]] = []
+    # the contenders take turns, so that all see the same load on the machine
+    contenders: list[tuple[str, Callable[[], int]]] = [
+        ("raw floor: paged listings + json.loads", lambda: raw_floor(client, page_size)),
+        ("kkorthanc build_patient_forest", lambda: kk_build(client, page_size)),
+        ("raw floor, decoded by from_json", lambda: raw_floor_fast_json(client, page_size)),
+        ("raw floor, next page prefetched", lambda: raw_floor(client, page_size, True)),
+    ]
+    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name, _ in contenders}
     for _ in range(args.repeat):
-        floor_runs.append(timed(client, lambda: raw_floor(client, page_size)))
-        build_runs.append(timed(client, lambda: kk_build(client, page_size)))
-        prefetch_runs.append(timed(client, lambda: raw_floor(client, page_size, True)))
-    floor = Result("raw floor: paged listings + json.loads", min(r[0] for r in floor_runs),
-                   floor_runs[0][1], floor_runs[0][2])
-    floor_prefetch = Result("raw floor, next page prefetched", min(r[0] for r in prefetch_runs),
-                            prefetch_runs[0][1], prefetch_runs[0][2])
-    build = Result("kkorthanc build_patient_forest", min(r[0] for r in build_runs),
-                   build_runs[0][1], build_runs[0][2])
+        for name, run in contenders:
+            runs[name].append(timed(client, run))
+    results = {
+        name: Result(name, min(r[0] for r in got), got[0][1], got[0][2])
+        for name, got in runs.items()
+    }
+    medians = {name: sorted(r[0] for r in got)[len(got) // 2] for name, got in runs.items()}
+    floor = results["raw floor: paged listings + json.loads"]
+    build = results["kkorthanc build_patient_forest"]
     forest = load_forest(client, page_size=page_size)
     walk_seconds, walk_requests, walked = best(client, lambda: walk_forest(forest), args.repeat)
     built_walked = Result("kkorthanc build + walk of every level", build.seconds + walk_seconds,
@@ -209,49 +261,67 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
             f"{elapsed:.1f} s)",
         )
 
-    rows = [("contender", "requests", "resources", "wall s", "x floor", "x kkorthanc")]
-    for result in (floor, floor_prefetch, build, built_walked, pyo):
+    rows = [("contender", "requests", "resources", "best s", "median s", "x floor",
+             "x kkorthanc")]
+    ordered = [results[name] for name, _ in contenders] + [built_walked, pyo]
+    for result in ordered:
+        median = medians.get(result.name)
         rows.append((
             result.name, f"{result.requests:,}", f"{result.resources:,}",
-            f"{result.seconds:.3f}", f"{result.seconds / floor.seconds:.2f}",
-            f"{result.seconds / build.seconds:.2f}",
+            f"{result.seconds:.3f}", f"{median:.3f}" if median is not None else "",
+            f"{result.seconds / floor.seconds:.2f}", f"{result.seconds / build.seconds:.2f}",
         ))
-    print(f"Whole tree of {resources:,} resources, page size {page_size}, best of "
-          f"{args.repeat}:\n")
+    print(f"Whole tree of {resources:,} resources, page size {page_size}, {args.repeat} runs "
+          "each, taking turns:\n")
     print(table(rows))
     if pyo.note:
         print(f"\npyorthanc: {pyo.note}")
-    print(f"\nbuild / raw floor: {build.seconds / floor.seconds:.3f}  "
-          f"(against the prefetching floor: {build.seconds / floor_prefetch.seconds:.3f})")
+    floor_name = floor.name
+    print(f"\nbuild / raw floor: best {build.seconds / floor.seconds:.3f}, median "
+          f"{medians[build.name] / medians[floor_name]:.3f}; against the from_json floor: best "
+          f"{build.seconds / results['raw floor, decoded by from_json'].seconds:.3f}")
     print(f"pyorthanc / (build + walk): {pyo.seconds / built_walked.seconds:.1f}x slower")
 
     # update after 10 new instances, against a full build
+    received = ByteCounter(client)
     update_runs = []
     for seed in range(args.repeat):
-        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=1000 + seed))
-        seconds, requests, _ = timed(client, lambda: forest.update().added.total)
-        update_runs.append((seconds, requests))
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        before = received.received
+        seconds, requests, added = timed(client, lambda: len(forest.update().added.instances))
+        if added != 10:
+            raise SystemExit(f"the update added {added} instances, not 10")
+        update_runs.append((seconds, requests, received.received - before))
+    before = received.received
     quiet_seconds, quiet_requests, _ = timed(client, lambda: forest.update().added.total)
+    quiet_bytes = received.received - before
+    before = received.received
+    build_requests = fresh_requests(client, page_size)
+    build_bytes = received.received - before
     fresh = load_forest(client, page_size=page_size)
     same = forest.snapshot() == fresh.snapshot()
     up_seconds = min(r[0] for r in update_runs)
-    print("\nforest.update() after 10 new instances (1 patient, 1 study, 1 series):\n")
-    rows = [("operation", "requests", "wall s", "x build")]
-    rows.append(("full build (no walk)", f"{fresh_requests(client, page_size):,}",
-                 f"{build.seconds:.3f}", "1.00"))
-    rows.append(("update after 10 new instances", f"{update_runs[0][1]}",
+    up_requests, up_bytes = update_runs[0][1], update_runs[0][2]
+    print("\nforest.update() after 10 new instances (1 patient, 1 study, 1 series), best of "
+          f"{args.repeat}:\n")
+    rows = [("operation", "requests", "bytes received", "wall s", "x build")]
+    rows.append(("full build", f"{build_requests:,}", f"{build_bytes:,}",
+                 f"{build.seconds:.3f}", "1.0000"))
+    rows.append(("update after 10 new instances", f"{up_requests}", f"{up_bytes:,}",
                  f"{up_seconds:.4f}", f"{up_seconds / build.seconds:.4f}"))
-    rows.append(("update with nothing new", f"{quiet_requests}", f"{quiet_seconds:.4f}",
-                 f"{quiet_seconds / build.seconds:.4f}"))
+    rows.append(("update with nothing new", f"{quiet_requests}", f"{quiet_bytes:,}",
+                 f"{quiet_seconds:.4f}", f"{quiet_seconds / build.seconds:.4f}"))
     print(table(rows))
     print(f"\nupdate / build: {100 * up_seconds / build.seconds:.2f} % of the time, "
-          f"{100 * update_runs[0][1] / build.requests:.0f} % of the requests; "
-          f"updated forest equals a fresh build: {same}")
+          f"{100 * up_bytes / build_bytes:.2f} % of the bytes, {up_requests} requests "
+          f"against {build_requests}; the updated forest equals a fresh build: {same}")
 
     per, peak, counted = memory_per_resource(client, page_size)
-    print(f"\nmemory: {per:,.0f} bytes per resource held by the forest "
-          f"({per * counted / 2**20:.1f} MiB for {counted:,} resources; "
-          f"peak during the build {peak:,.0f} bytes per resource), tracemalloc")
+    plain = memory_of_validated_models(client, page_size)
+    print(f"\nmemory (tracemalloc): {per:,.0f} bytes per resource held by the forest "
+          f"({per * counted / 2**20:.1f} MiB for {counted:,} resources; peak during the build "
+          f"{peak:,.0f} bytes per resource); the same resources as pydantic-validated models "
+          f"(from_orthanc, json.loads, no links or indexes): {plain:,.0f} bytes per resource")
 
 
 def fresh_requests(client: Orthanc, page_size: int) -> int:

@@ -1209,7 +1209,7 @@ class _Updater:
     updated: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: list[str] = field(default_factory=list)
     #: resources read from the server during this update: their state is the newest known
-    fetched: set[str] = field(default_factory=set)
+    fresh_ids: set[str] = field(default_factory=set)
 
     @property
     def state(self) -> _State:
@@ -1351,7 +1351,7 @@ class _Updater:
                         pending.setdefault(above, False)
                     continue
                 fetched[resource_id] = item
-                self.fetched.add(resource_id)
+                self.fresh_ids.add(resource_id)
                 if up:
                     self._schedule_ancestors(item, batch, asked, pending)
         self._apply(fetched, vanished)
@@ -1496,7 +1496,7 @@ class _Updater:
         Resources read during this update are skipped: what the server sent is newer than
         the change (a resource turns unstable again when an instance arrives).
         """
-        for resource_id in sorted(stable - self.fetched):
+        for resource_id in sorted(stable - self.fresh_ids):
             found = self._find(resource_id)
             if found is None or found.__dict__.get("is_stable", True) is True:
                 continue
