@@ -82,6 +82,9 @@ DEFAULT_MAXSIZE = 16
 CHANGES_PAGE = 2000
 #: resources per ``POST /tools/bulk-content`` request
 BULK_CHUNK = 1000
+#: an update rebuilds instead when the feed holds more changes than this, or than half the
+#: resources of the forest if that is more
+REBUILD_AFTER_CHANGES = 1000
 
 Depth = Literal["patient", "study", "series", "instance"]
 LEVELS: tuple[type[Resource], ...] = (Patient, Study, Series, Instance)
@@ -1257,7 +1260,7 @@ class _Updater:
             _FeedGap: the feed cannot bring the forest up to date (or would cost more than a
                 rebuild); carries the reason.
         """
-        budget = max(1000, self.forest.counts.total // 2)
+        budget = max(REBUILD_AFTER_CHANGES, self.forest.counts.total // 2)
         changes: list[Change] = []
         position = since
         while True:

@@ -389,6 +389,75 @@ def test_update_without_changes_costs_two_requests(client: Orthanc) -> None:
     assert "added nothing" in str(report)
 
 
+@pytest.mark.usefixtures("settled")
+def test_replaying_the_whole_feed_changes_nothing(client: Orthanc) -> None:
+    forest = load_forest(client)
+    before = forest.snapshot()
+    patient = forest.patients[0]
+    forest._state.last_seq = 0  # as if built before the first upload
+    report = forest.update()
+    assert report.changes >= 104 and not report.rebuilt
+    assert not report.changed
+    assert forest.snapshot() == before
+    assert forest.patients[0] is patient
+
+
+@pytest.mark.usefixtures("settled")
+def test_too_many_changes_rebuild_instead(
+    client: Orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forest = load_forest(client)
+    old_patient = forest.patients[0]
+    monkeypatch.setattr(forest_module, "REBUILD_AFTER_CHANGES", 10)
+    forest._state.last_seq = 0
+    report = forest.update()
+    assert report.rebuilt and report.reason is not None
+    assert "more than 38 changes since seq 0: rebuilding costs less" in report.reason
+    assert not report.changed  # same server state: nothing added, removed or updated
+    assert forest.patients[0] is not old_patient and forest.patients[0].id == old_patient.id
+    assert forest.last_seq >= 104
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_feed_that_went_back_means_a_new_database(client: Orthanc) -> None:
+    forest = load_forest(client)
+    forest._state.last_seq += 1000
+    report = forest.update()
+    assert report.rebuilt and report.reason is not None and "went back" in report.reason
+    assert forest.last_seq == client.last_change()
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_resource_skipped_by_paging_is_found_by_the_next_update(
+    client: Orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fetch = forest_module._fetch_page
+    skipped: list[str] = []
+
+    def fetch_skipping_one(
+        on: Orthanc, cls: type[Resource], since: int, limit: int
+    ) -> list[Any]:
+        page = real_fetch(on, cls, since, limit)
+        if cls is Instance and not skipped:  # as when a deletion shifts the later pages
+            skipped.append(page.pop(5)["ID"])
+        return page
+
+    monkeypatch.setattr(forest_module, "_fetch_page", fetch_skipping_one)
+    forest = load_forest(client)
+    monkeypatch.undo()
+    assert forest.counts.instances == 47 and forest.get(skipped[0]) is None
+    assert walk(forest) == 47
+
+    report = forest.update()
+    # changes, statistics (47 != 48), the instance IDs, the instance, its ancestors
+    assert report.requests == 5
+    assert report.added.instances == (skipped[0],)
+    assert report.reason is not None and "47 instances in the forest, 48 on the server" in (
+        report.reason
+    )
+    assert forest.snapshot() == load_forest(client).snapshot()
+
+
 def test_update_after_new_instances_costs_a_few_requests(servers: Servers) -> None:
     client = servers.new(sample=True, stable_age=3600)
     forest = load_forest(client)
