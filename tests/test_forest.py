@@ -212,7 +212,7 @@ def test_indexes_find_every_level_by_uid_and_orthanc_id_without_requests(
 
 
 def test_a_uid_shared_by_two_resources_is_reported_not_guessed(client: Orthanc) -> None:
-    forest = build_patient_forest(client)
+    forest = build_patient_forest(client, depth="study")
     first, second = forest.studies[0], forest.studies[1]
     shared = first.study_instance_uid
     assert shared is not None
@@ -255,22 +255,22 @@ def test_find_frames_and_rendering_read_the_forest_without_requests(client: Orth
 def test_cache_is_keyed_by_server_user_and_options_not_the_client_object(
     client: Orthanc, kk_mode: str
 ) -> None:
-    forest = build_patient_forest(client)
+    forest = build_patient_forest(client, depth="study")
     auth = REPLAY_AUTH if kk_mode == "replay" else client._transport.session.auth
     assert isinstance(auth, tuple)
     with Orthanc(client.url, auth=auth) as other:
-        assert build_patient_forest(other) is forest
+        assert build_patient_forest(other, depth="study") is forest
         assert other.request_count == 0
-        shallow = build_patient_forest(other, depth="series")
-        assert shallow is not forest and other.request_count == 4
-        assert build_patient_forest(client, depth="series") is shallow
-    again = build_patient_forest(client, refresh=True)
+        shallow = build_patient_forest(other, depth="patient")
+        assert shallow is not forest and other.request_count == 2
+        assert build_patient_forest(client, depth="patient") is shallow
+    again = build_patient_forest(client, depth="study", refresh=True)
     assert again is not forest and again.snapshot() == forest.snapshot()
-    assert build_patient_forest(client) is again
+    assert build_patient_forest(client, depth="study") is again
     build_patient_forest.cache_clear()
     before = client.request_count
-    assert build_patient_forest(client) is not again
-    assert client.request_count - before == 5
+    assert build_patient_forest(client, depth="study") is not again
+    assert client.request_count - before == 3
 
 
 def test_two_threads_asking_at_once_build_once(client: Orthanc) -> None:
@@ -280,7 +280,7 @@ def test_two_threads_asking_at_once_build_once(client: Orthanc) -> None:
 
     def ask() -> None:
         start.wait()
-        results.append(build_patient_forest(client))
+        results.append(build_patient_forest(client, depth="study"))
 
     threads = [threading.Thread(target=ask) for _ in range(2)]
     for thread in threads:
@@ -288,15 +288,15 @@ def test_two_threads_asking_at_once_build_once(client: Orthanc) -> None:
     for thread in threads:
         thread.join()
     assert len(results) == 2 and results[0] is results[1]
-    assert client.request_count - before == 5
+    assert client.request_count - before == 3
 
 
 def test_cache_expires_after_its_ttl(client: Orthanc) -> None:
     build_patient_forest.configure(ttl=0.2)
     try:
-        forest = build_patient_forest(client)
+        forest = build_patient_forest(client, depth="patient")
         time.sleep(0.3)
-        assert build_patient_forest(client) is not forest
+        assert build_patient_forest(client, depth="patient") is not forest
         assert build_patient_forest.cache_info().ttl == 0.2
     finally:
         build_patient_forest.configure(ttl=forest_module.DEFAULT_TTL)
@@ -312,8 +312,8 @@ def test_bad_arguments_are_refused_before_any_request() -> None:
     assert client.request_count == 0
 
 
-def test_reprs_hold_no_credentials(client: Orthanc, kk_mode: str) -> None:
-    forest = build_patient_forest(client)
+def test_reprs_hold_no_credentials(client: Orthanc) -> None:
+    forest = build_patient_forest(client, depth="series")
     report = forest.update()
     auth = client._transport.session.auth
     assert isinstance(auth, tuple)
