@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -782,6 +783,14 @@ def _parent(resource: Resource) -> Resource:
     raise QueryError(f"{resource.level} has no parent")  # pragma: no cover
 
 
+#: The plain field holding the parent's Orthanc ID, per level: reading it costs no link.
+_PARENT_ID = {
+    "Study": operator.attrgetter("parent_patient_id"),
+    "Series": operator.attrgetter("parent_study_id"),
+    "Instance": operator.attrgetter("parent_series_id"),
+}
+
+
 def _level_list(forest: ForestLike, lvl: Level) -> Sequence[Resource]:
     if lvl == "Patient":
         return forest.patients
@@ -790,6 +799,67 @@ def _level_list(forest: ForestLike, lvl: Level) -> Sequence[Resource]:
     if lvl == "Series":
         return forest.series
     return forest.instances
+
+
+def _check_depth(forest: ForestLike, level: Level) -> None:
+    """Refuse a level that the forest does not hold (it would answer "nothing")."""
+    depth = getattr(forest, "depth", None)
+    if not isinstance(depth, str) or depth.title() not in LEVELS:
+        return
+    if LEVELS.index(depth.title()) < LEVELS.index(level):
+        raise QueryError(
+            f"the forest was built with depth={depth!r} and holds no {level.lower()} level: "
+            f"build it with depth={level.lower()!r}, or use client.find"
+        )
+
+
+#: The identifier a forest indexes at each level (``forest.lookup``).
+_INDEXED_TAG: dict[Level, str] = {
+    "Patient": "PatientID",
+    "Study": "StudyInstanceUID",
+    "Series": "SeriesInstanceUID",
+    "Instance": "SOPInstanceUID",
+}
+_ORTHANC_ID = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}")
+
+
+def _indexable(value: str, case_sensitive: bool) -> bool:
+    """Whether every stored value matching ``value`` is found by an exact index lookup.
+
+    Padding would be stripped by the index and an Orthanc ID is looked up as such. Without
+    case sensitivity, a value with letters also matches other spellings; a value made of
+    ASCII digits and punctuation only matches itself (no other character upper-cases to one).
+    """
+    if not value or value != value.strip(" \t\r\n\x00") or _ORTHANC_ID.fullmatch(value):
+        return False
+    return case_sensitive or (value.isascii() and not any(c.isalpha() for c in value))
+
+
+def _indexed_candidates(
+    forest: ForestLike, lvl: Level, checks: Sequence[Constraint]
+) -> list[Resource] | None:
+    """The resources an index lookup finds for an equality on the level's identifier.
+
+    They are a superset of the matches (every check still runs on them); ``None`` when the
+    forest has no ``lookup`` or no check allows it.
+    """
+    lookup = getattr(forest, "lookup", None)
+    if not callable(lookup):
+        return None
+    cls = level_class(lvl)
+    for check in checks:
+        if (
+            check.keyword == _INDEXED_TAG[lvl]
+            and check.kind in ("equal", "list")
+            and all(_indexable(v, check.case_sensitive) for v in check.values)
+        ):
+            found: dict[str, Resource] = {}
+            for value in check.values:
+                for resource in lookup(value):
+                    if type(resource) is cls:
+                        found[resource.id] = resource
+            return list(found.values())
+    return None
 
 
 def local_find(
@@ -821,31 +891,35 @@ def local_find(
         )
     compiled = compile_query(level, query, case_sensitive=case_sensitive, **tags)
     label_names, constraint = _labels_filter(labels, labels_constraint)
+    _check_depth(forest, compiled.level)
     depth = LEVELS.index(compiled.level)
     by_level: dict[Level, list[Constraint]] = {}
     for c in compiled.constraints:
         by_level.setdefault(c.level, []).append(c)
 
-    def own_ok(resource: Resource, checks: list[Constraint]) -> bool:
-        tags_of = resource.main_dicom_tags
-        return all(c.matches(tags_of.get(c.keyword)) for c in checks)
-
-    # Filter from the highest constrained level down, one parent hop per level.
+    # Filter from the highest constrained level down: at each level keep the resources whose
+    # parent was kept, then apply that level's constraints, one pass each (tens of thousands
+    # of resources: the loops stay flat).
     top = min((LEVELS.index(lvl) for lvl in by_level), default=depth)
     passing: set[str] | None = None
     selected: list[Resource] = []
     for index in range(top, depth + 1):
-        checks = by_level.get(LEVELS[index], [])
-        chosen = [
-            resource
-            for resource in _level_list(forest, LEVELS[index])
-            if (passing is None or _parent(resource).id in passing)
-            and (not checks or own_ok(resource, checks))
-        ]
+        lvl = LEVELS[index]
+        checks = by_level.get(lvl, [])
+        items: Sequence[Resource] | None = _indexed_candidates(forest, lvl, checks)
+        if items is None:
+            items = _level_list(forest, lvl)
+        if passing is not None:
+            parent_id = _PARENT_ID[lvl]
+            kept = passing
+            items = [r for r in items if (parent_id(r) or _parent(r).id) in kept]
+        for check in checks:
+            matches, keyword = check.matches, check.keyword
+            items = [r for r in items if matches(r.main_dicom_tags.get(keyword))]
         if index == depth:
-            selected = chosen
+            selected = list(items)
         else:
-            passing = {resource.id for resource in chosen}
+            passing = {r.id for r in items}
     if label_names:
         selected = [r for r in selected if _labels_ok(r.labels, label_names, constraint)]
     selected.sort(key=lambda r: r.id)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kkorthanc import (
@@ -31,7 +31,6 @@ from kkorthanc import (
 )
 from kkorthanc.models import level_class
 from kkorthanc.query import (
-    LEVELS,
     RANGE_VRS,
     TAG_NUMBERS,
     WILDCARD_VRS,
@@ -70,6 +69,27 @@ class ListForest:
 
     def find(self, level: str, query: dict[str, Any] | None = None, **kw: Any) -> list[Any]:
         return local_find(self, level, query, **kw)
+
+
+class IndexedListForest(ListForest):
+    """A list forest with ``lookup``, the UID index that ``local_find`` uses when offered."""
+
+    def __init__(self, client: Orthanc) -> None:
+        super().__init__(client)
+        self.index: dict[str, list[Resource]] = {}
+        levels = (self.patients, self.studies, self.series, self.instances)
+        for level, keyword in zip(levels, ("PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                                           "SOPInstanceUID"), strict=True):  # fmt: skip
+            for resource in level:
+                self.index.setdefault(resource.id, []).append(resource)
+                value = resource.main_dicom_tags.get(keyword, "").strip()
+                if value:
+                    self.index.setdefault(value, []).append(resource)
+        self.lookups = 0
+
+    def lookup(self, key: str) -> list[Resource]:
+        self.lookups += 1
+        return list(self.index.get(key.strip(), []))
 
 
 def link(children: Sequence[Resource], parents: Sequence[Resource], key: Callable[[Any], Any]):
@@ -531,20 +551,41 @@ def _case_of_non_ascii(text: str, upper: bool) -> str:
     return "".join(c if c.isascii() else (c.upper() if upper else c.lower()) for c in text)
 
 
-def make_value(keyword: str, pool: dict[str, list[str]], pick: Picker) -> Any:
-    """One query value for ``keyword`` derived from the data's own values."""
-    vr = VR_OF[keyword]
+def forms_for(vr: str) -> list[str]:
+    """How a stored value may be turned into a query value, for a value representation."""
+    if vr in WILDCARD_VRS:
+        return [
+            "same", "upper", "lower", "swapcase", "mixed", "mixed", "accents", "UPPER", "lower!",
+            "wild", "wild", "wild", "star", "nonascii?", "nonascii??", "nonascii*", "list",
+            "list", "space", "underscore", "empty", "python",
+        ]  # fmt: skip
+    if vr in RANGE_VRS:
+        return ["same", "range", "range", "range", "range", "list", "python", "empty", "wild"]
+    return ["same", "same", "same", "list", "python", "empty", "space", "wild", "range"]
+
+
+def pick_value(keyword: str, pool: dict[str, list[str]], pick: Picker) -> str:
+    """A stored value of ``keyword``, non-ASCII ones more often."""
     values = pool[keyword]
     non_ascii = [v for v in values if not v.isascii()]
-    value: str = pick.choice(non_ascii if non_ascii and pick.chance(60) else values)
-    other: str = pick.choice(values)
-    form = pick.choice(
-        [
-            "same", "same", "upper", "lower", "swapcase", "mixed", "accents", "list", "list",
-            "python", "empty", "star", "wild", "wild", "wild", "nonascii?", "nonascii??",
-            "nonascii*", "space", "underscore", "range", "range", "UPPER", "lower!",
-        ]
-    )  # fmt: skip
+    chosen: str = pick.choice(non_ascii if non_ascii and pick.chance(60) else values)
+    return chosen
+
+
+def make_value(
+    keyword: str,
+    pool: dict[str, list[str]],
+    pick: Picker,
+    value: str | None = None,
+    form: str | None = None,
+) -> Any:
+    """A query value for ``keyword`` derived from a stored ``value`` in one of its forms."""
+    vr = VR_OF[keyword]
+    if value is None:
+        value = pick_value(keyword, pool, pick)
+    other: str = pick.choice(pool[keyword])
+    if form is None:
+        form = pick.choice(forms_for(vr))
     if form == "UPPER":  # only the non-ASCII letters change case
         return _case_of_non_ascii(value, upper=True)
     if form == "lower!":
@@ -579,7 +620,7 @@ def make_value(keyword: str, pool: dict[str, list[str]], pick: Picker) -> Any:
     if form == "star":
         return pick.choice(["*", "?*", "*?*", "??*"])
     if form == "wild":
-        if vr not in WILDCARD_VRS and not pick.chance(10):
+        if vr not in WILDCARD_VRS and not pick.chance(25):
             return value  # now and then, a wildcard the server refuses
         return _cut(value, pick, pick.choice(["*", "?", "*?", "??"]))
     if form.startswith("nonascii"):
@@ -602,26 +643,26 @@ def make_value(keyword: str, pool: dict[str, list[str]], pick: Picker) -> Any:
     return f"{low}-{high}"
 
 
-#: text tags whose values have letters, accents or wildcard-able content: picked more often
+#: tags with letters, accents or dates in their values, picked more often (repeats weigh)
 FAVOURITES = (
-    "PatientName", "PatientID", "OtherPatientIDs", "StudyDescription", "AccessionNumber",
+    "PatientName", "PatientName", "PatientName", "ReferringPhysicianName", "InstitutionName",
+    "PatientID", "OtherPatientIDs", "StudyDescription", "AccessionNumber",
     "InstitutionName", "ReferringPhysicianName", "StudyDate", "StudyTime", "Manufacturer",
     "OperatorsName", "SeriesDescription", "StationName", "ImageComments", "PatientBirthDate",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
 )  # fmt: skip
 
 
 def make_query(pool: dict[str, list[str]], pick: Picker) -> tuple[str, dict[str, Any], bool]:
     """A level, a query of one to three tags, and the case sensitivity.
 
-    The first tag is usually a favourite and the level one at which it can be queried.
+    The first tag is usually one of the favourites that the level can query.
     """
-    query: dict[str, Any] = {}
-    first: str = pick.choice([k for k in FAVOURITES if k in pool])
-    first_level = queryable_tags("instance")[first]
-    levels = ["patient", "study", "series", "instance"]
-    level: str = pick.choice(levels[[lvl.lower() for lvl in LEVELS].index(first_level.lower()):])
+    level: str = pick.choice(["patient", "study", "series", "instance"])
     usable = sorted(k for k in queryable_tags(level) if k in pool)
+    query: dict[str, Any] = {}
     if pick.chance(85):
+        first: str = pick.choice([k for k in FAVOURITES if k in usable])
         query[first] = make_value(first, pool, pick)
     for _ in range(pick.choice([0, 0, 1, 1, 2])):
         keyword = pick.choice(usable)
@@ -630,6 +671,26 @@ def make_query(pool: dict[str, list[str]], pick: Picker) -> tuple[str, dict[str,
         keyword = pick.choice(usable)
         query[keyword] = make_value(keyword, pool, pick)
     return level, query, pick.chance(25)
+
+
+def make_query_family(
+    pool: dict[str, list[str]], pick: Picker
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """A query and its siblings: the first tag's value in every form its VR allows.
+
+    One drawn value, checked with each of its forms, finds the narrow cases where the rules
+    differ (an accented letter's case, a ``?`` against a multi-byte character) far more often
+    than independent draws.
+    """
+    level, query, cs = make_query(pool, pick)
+    first = next(iter(query))
+    value = pick_value(first, pool, pick)
+    family = []
+    for form in dict.fromkeys(forms_for(VR_OF[first])):
+        sibling = dict(query)
+        sibling[first] = make_value(first, pool, pick, value=value, form=form)
+        family.append((level, sibling, cs))
+    return family
 
 
 def run_both(
@@ -649,7 +710,11 @@ def run_both(
 def test_replayed_sample_of_generated_queries(
     client: Orthanc, count_requests: Callable[[], int]
 ) -> None:
-    forest = ListForest(client)
+    forest = IndexedListForest(client)
+    scan = ListForest.__new__(ListForest)  # the same objects, without the index
+    scan.__dict__.update(
+        {k: getattr(forest, k) for k in ("patients", "studies", "series", "instances")}
+    )
     assert count_requests() == 4
     pool = value_pool(forest)
     pick = RandomPicker(0)
@@ -663,9 +728,44 @@ def test_replayed_sample_of_generated_queries(
             continue
         remote, local = outcome
         assert remote == local, (level, query, cs)
+        assert ids(scan.find(level, query, case_sensitive=cs)) == local, (level, query, cs)
         sent += count_requests() - before
         matched += bool(remote)
     assert sent >= 30 and matched >= 15  # the sample exercises real matches
+    assert forest.lookups >= 3  # and the indexed path
+
+
+def test_uid_equality_uses_the_forest_index(client: Orthanc) -> None:
+    forest = IndexedListForest(client)
+    instance = forest.instances[5]
+    uid = instance.main_dicom_tags["SOPInstanceUID"]
+    assert ids(forest.find("instance", SOPInstanceUID=uid)) == [instance.id]
+    assert forest.lookups == 1
+    series_uids = [s.main_dicom_tags["SeriesInstanceUID"] for s in forest.series[:2]]
+    assert len(forest.find("series", SeriesInstanceUID=series_uids)) == 2
+    assert forest.lookups == 3
+    # a PatientID with letters may match other spellings without case sensitivity: no index
+    assert len(forest.find("study", PatientID="kk-0-0001")) == 2
+    assert forest.lookups == 3
+    assert len(forest.find("patient", PatientID="KK-0-0001", case_sensitive=True)) == 1
+    assert forest.lookups == 4
+    # padding would be stripped by an index: scanned, and matches nothing like the server
+    assert forest.find("instance", SOPInstanceUID=f" {uid}") == []
+    assert forest.lookups == 4
+
+
+def test_a_shallow_forest_refuses_deeper_levels() -> None:
+    @dataclass
+    class Shallow:
+        depth: str = "series"
+        patients: tuple[Patient, ...] = ()
+        studies: tuple[Study, ...] = ()
+        series: tuple[Series, ...] = ()
+        instances: tuple[Instance, ...] = ()
+
+    assert local_find(Shallow(), "series", Modality="CT") == []
+    with pytest.raises(QueryError, match="built with depth='series'"):
+        local_find(Shallow(), "instance", InstanceNumber="1")
 
 
 # -- live: hypothesis against a larger server ---------------------------------------------------
@@ -730,7 +830,7 @@ def test_forest_and_server_agree_on_the_diff_data(
 
 @pytest.mark.live_only
 @settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -739,19 +839,20 @@ def test_forest_and_server_agree_on_the_diff_data(
 def test_generated_queries_match_the_server(
     diff_setup: tuple[Orthanc, Any, dict[str, list[str]]], data: st.DataObject
 ) -> None:
+    """200 drawn queries, each with its siblings in every form: about 3,000 comparisons."""
     client, forest, pool = diff_setup
-    level, query, cs = make_query(pool, DrawPicker(data))
-    outcome = run_both(client, forest, level, query, cs)
-    if isinstance(outcome, QueryError):
-        if "wildcards are not allowed" in str(outcome):
-            # the server refuses the same query when asked directly
-            compiled_text = {
-                TAG_NUMBERS[k]: v for k, v in query.items() if isinstance(v, str) and v
-            }
-            with pytest.raises(BadRequest):
-                client._transport.post_json(
-                    "/tools/find", {"Level": level.title(), "Query": compiled_text}
-                )
-        return
-    remote, local = outcome
-    assert remote == local, (level, query, cs)
+    for level, query, cs in make_query_family(pool, DrawPicker(data)):
+        outcome = run_both(client, forest, level, query, cs)
+        if isinstance(outcome, QueryError):
+            event("refused before sending")
+            if "wildcards are not allowed" in str(outcome):
+                # the server refuses the same query when asked directly
+                text = {TAG_NUMBERS[k]: v for k, v in query.items() if isinstance(v, str) and v}
+                with pytest.raises(BadRequest):
+                    client._transport.post_json(
+                        "/tools/find", {"Level": level.title(), "Query": text}
+                    )
+            continue
+        remote, local = outcome
+        event(f"{level}: {'no match' if not remote else 'all' if len(remote) > 50 else 'some'}")
+        assert remote == local, (level, query, cs)
