@@ -20,38 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kkorthanc import Orthanc, Resource, synthetic
-from kkorthanc.query import local_find
+from kkorthanc import Resource, synthetic
+from kkorthanc.forest import build_patient_forest
 from kkorthanc.sandbox import Sandbox
-
-
-class ListForest:
-    """Level listings linked to their parents, for when ``build_patient_forest`` is missing."""
-
-    def __init__(self, client: Orthanc) -> None:
-        self.patients = client.patients()
-        self.studies = client.studies()
-        self.series = client.series()
-        self.instances = client.instances()
-        for children, parents, key in (
-            (self.studies, self.patients, "parent_patient_id"),
-            (self.series, self.studies, "parent_study_id"),
-            (self.instances, self.series, "parent_series_id"),
-        ):
-            by_id = {parent.id: parent for parent in parents}
-            for child in children:
-                child._parent = by_id[getattr(child, key)]
-
-    def find(self, level: str, query: dict[str, Any] | None = None, **kw: Any) -> list[Any]:
-        return local_find(self, level, query, **kw)
-
-
-def build_forest(client: Orthanc) -> tuple[Any, str]:
-    try:
-        from kkorthanc.forest import build_patient_forest  # type: ignore[attr-defined]
-    except ImportError:
-        return ListForest(client), "level listings (build_patient_forest not available)"
-    return build_patient_forest(client), "build_patient_forest"
 
 
 def median_ms(run: Callable[[], Sequence[Resource]], repeat: int) -> tuple[float, list[str]]:
@@ -77,9 +48,9 @@ def main() -> int:
         with sandbox.client() as client:
             start = time.perf_counter()
             before = client.request_count
-            forest, how = build_forest(client)
+            forest = build_patient_forest(client)
             print(
-                f"forest ({how}): {time.perf_counter() - start:.2f} s, "
+                f"forest: {time.perf_counter() - start:.2f} s, "
                 f"{client.request_count - before} requests"
             )
             some = forest.instances[len(forest.instances) // 2]
@@ -112,6 +83,10 @@ def main() -> int:
                 same = local_ids == server_ids
                 agree &= same
                 rows.append((label, len(local_ids), local_ms, server_ms, requests, same))
+            uid = some.main_dicom_tags["SOPInstanceUID"]
+            before = client.request_count
+            lookup_ms, _ = median_ms(lambda: client.lookup(uid), args.repeat)
+            lookup_requests = (client.request_count - before) / args.repeat
     print()
     print(f"{'query':34} {'found':>6} {'local ms':>9} {'server ms':>10} {'requests':>9} "
           f"{'server/local':>13}  same")  # fmt: skip
@@ -121,7 +96,11 @@ def main() -> int:
             f"{label:34} {found:>6} {local_ms:>9.2f} {server_ms:>10.2f} {requests:>9.0f} "
             f"{ratio:>12.1f}x  {'yes' if same else 'NO'}"
         )
-    print("\nlocal: forest.find, no request; server: client.find, POST /tools/find with Expand")
+    print(
+        f"\nthe server's own UID lookup, client.lookup(uid): {lookup_ms:.2f} ms, "
+        f"{lookup_requests:.0f} requests (POST /tools/lookup, then GET the instance)"
+    )
+    print("local: forest.find, no request; server: client.find, POST /tools/find with Expand")
     return 0 if agree else 1
 
 

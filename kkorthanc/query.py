@@ -542,14 +542,6 @@ class CompiledQuery:
         pairs = sorted((TAG_NUMBERS[c.keyword], c.text) for c in self.constraints)
         return dict(pairs)
 
-    def match(self, resources: Mapping[Level, Resource]) -> bool:
-        """Whether one resource matches, given it and its parents by level."""
-        for constraint in self.constraints:
-            tags = resources[constraint.level].main_dicom_tags
-            if not constraint.matches(tags.get(constraint.keyword)):
-                return False
-        return True
-
 
 def compile_query(
     level: str,
