@@ -24,8 +24,8 @@ from kkorthanc.models import Resource
 
 from .conftest import REPLAY_AUTH, Servers
 
-SAMPLE = synthetic.SAMPLE  # 4 patients x 2 studies x 2 series x 3 instances
-#: the sample with a fourth instance per series: its IM003 files join existing series
+#: the sample (4 patients x 2 studies x 2 series x 3 instances) with a fourth instance per
+#: series: its IM003 files join existing series
 LONGER = synthetic.SyntheticSpec(4, 2, 2, 4)
 LEVELS = (Patient, Study, Series, Instance)
 
