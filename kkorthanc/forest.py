@@ -1230,8 +1230,8 @@ class _Updater:
             changes, last = self._read_feed(from_seq)
         except _FeedGap as gap:
             return self._rebuild(gap.reason, start, from_seq, len(gap.changes))
-        new, refresh, stable = self._classify(changes)
-        self._sync(new=new, refresh=refresh, gone=set())
+        new, refresh, stable, gone = self._classify(changes)
+        self._sync(new=new, refresh=refresh, gone=gone)
         self._apply_stable(stable)
         self.state.last_seq = last
         self._reconcile()
@@ -1296,19 +1296,32 @@ class _Updater:
                 return changes, position
 
     @staticmethod
-    def _classify(changes: Iterable[Change]) -> tuple[set[str], set[str], set[str]]:
+    def _classify(changes: Iterable[Change]) -> tuple[set[str], set[str], set[str], set[str]]:
+        """Sort the changes into resources to add, read again, mark stable, and remove.
+
+        The last change of a resource decides (one deleted, then stored again, is new).
+        Orthanc 1.10 to 1.12 never log ``Deleted``; should a server do so, it saves the
+        count check the work of finding what vanished.
+        """
         new: set[str] = set()
         refresh: set[str] = set()
         stable: set[str] = set()
+        gone: set[str] = set()
         for change in changes:
             kind = change.change_type
-            if kind.startswith("New") and kind != "NewChildInstance":
+            if kind == "Deleted":
+                gone.add(change.id)
+                new.discard(change.id)
+                refresh.discard(change.id)
+                stable.discard(change.id)
+            elif kind.startswith("New") and kind != "NewChildInstance":
                 new.add(change.id)
+                gone.discard(change.id)
             elif kind.startswith("Stable"):
                 stable.add(change.id)
-            elif kind != "Deleted":  # metadata, attachments, modified, completed, ...
+            else:  # metadata, attachments, modified, completed, ...
                 refresh.add(change.id)
-        return new, refresh, stable
+        return new, refresh, stable, gone
 
     # -- fetching and applying --------------------------------------------------------------
 

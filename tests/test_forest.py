@@ -15,6 +15,8 @@ from kkorthanc import Instance, Orthanc, Patient, Series, Study, ValidationFaile
 from kkorthanc import forest as forest_module
 from kkorthanc.forest import (
     AmbiguousIdentifier,
+    Change,
+    ChangePage,
     NotInForest,
     PatientForest,
     build_patient_forest,
@@ -609,6 +611,29 @@ def test_deleted_series_is_found_through_the_statistics(servers: Servers) -> Non
     assert gone not in forest and forest.get(gone.instance_ids[0]) is None
     assert len(study.series) == 1 and study.series[0].id == study.series_ids[0] != gone.id
     assert report.reason is not None and "listed their IDs" in report.reason
+    assert forest.snapshot() == load_forest(client).snapshot()
+
+
+def test_a_logged_deletion_spares_the_id_listing(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = servers.new(sample=True, stable_age=3600)
+    forest = load_forest(client)
+    gone = forest.studies[0].series[0]
+    client._transport.delete(f"/series/{gone.id}")
+    real_changes = client.changes
+
+    def changes_with_deletion(since: int = 0, limit: int = 1000) -> ChangePage:
+        page = real_changes(since, limit)  # Orthanc 1.10 does not log deletions: add one
+        deleted = Change(seq=since + 1, change_type="Deleted", resource_type="Series", id=gone.id)
+        return page.model_copy(update={"changes": (deleted,), "last": since + 1})
+
+    monkeypatch.setattr(client, "changes", changes_with_deletion)
+    report = forest.update()
+    assert report.requests == 3  # the feed, the study read again, statistics: no ID listing
+    assert report.removed.series == (gone.id,) and report.reason is None
+    monkeypatch.undo()
+    forest._state.last_seq = client.last_change()
     assert forest.snapshot() == load_forest(client).snapshot()
 
 
