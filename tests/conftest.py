@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,8 +73,20 @@ class PortMap:
 
     def __init__(self) -> None:
         self.ports: dict[int, int] = {}
+        self.muted = False
 
-    def __call__(self, request: VcrRequest) -> VcrRequest:
+    @contextmanager
+    def mute(self) -> Iterator[None]:
+        """Record nothing meanwhile (setting up data that replays never need)."""
+        self.muted = True
+        try:
+            yield
+        finally:
+            self.muted = False
+
+    def __call__(self, request: VcrRequest) -> VcrRequest | None:
+        if self.muted:
+            return None
         parts = urlsplit(request.uri)
         if parts.port in self.ports:
             netloc = f"{CANONICAL_HOST}:{self.ports[parts.port]}"
@@ -179,7 +191,8 @@ class Servers:
         self.stack.enter_context(sandbox)
         client = self._canonical(sandbox)
         if sample or spec is not None:
-            sandbox.load_synthetic(spec)
+            with PORT_MAP.mute():
+                sandbox.load_synthetic(spec)
         return client
 
     def pair(self, **options: Any) -> tuple[Orthanc, Orthanc]:
