@@ -29,7 +29,8 @@ def summary(client: Orthanc) -> list[str]:
                     i: Instance = instance
                     position: tuple[float, ...] | None = i.image_position_patient
                     size: int | None = i.file_size
-                    lines.append(f"{family} {born} {d} {t} {number} {orientation} {position} {size}")
+                    lines.append(f"{family} {born} {d} {t} {number} {orientation}")
+                    lines.append(f"{position} {size}")
     single: Series = client.series("some-id")
     many: list[Series] = client.series()
     lines.append(f"{single} {len(many)}")
