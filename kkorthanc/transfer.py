@@ -28,6 +28,7 @@ import string
 import tarfile
 import threading
 import time
+import typing
 import warnings
 import zipfile
 import zlib
@@ -36,7 +37,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from . import tags as _tags
 from .errors import (
@@ -188,19 +189,56 @@ class UploadItem:
         return f"{self.source} ({self.status}{why})"
 
 
+class _Entry(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+_E = TypeVar("_E", bound=_Entry)
+
+
 @dataclass
-class UploadReport:
+class _Report(Generic[_E]):
+    """What upload and export reports share: entries with a status, time and cost."""
+
+    items: list[_E] = field(default_factory=list)
+    """One entry per item, in source or listing order."""
+    elapsed: float = 0.0
+    """Wall time of the whole run in seconds."""
+    requests: int = 0
+    """HTTP requests the client sent during the run, retries included."""
+
+    #: every status an entry can have, in the order ``counts`` lists them
+    statuses: ClassVar[tuple[str, ...]] = ()
+
+    def _with(self, status: str) -> list[_E]:
+        return [item for item in self.items if item.status == status]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of entries per status (every status present, zeros included)."""
+        out = dict.fromkeys(self.statuses, 0)
+        for item in self.items:
+            out[item.status] += 1
+        return out
+
+    @property
+    def total(self) -> int:
+        """Number of entries."""
+        return len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[_E]:
+        return iter(self.items)
+
+
+@dataclass(repr=False)
+class UploadReport(_Report[UploadItem]):
     """Everything :func:`upload` did, one :class:`UploadItem` per item, in source order."""
 
-    items: list[UploadItem] = field(default_factory=list)
-    """One entry per item, in the order the sources produced them."""
-    elapsed: float = 0.0
-    """Wall time of the whole upload in seconds."""
-    requests: int = 0
-    """HTTP requests the client sent during the upload, retries included."""
-
-    def _with(self, status: UploadStatus) -> list[UploadItem]:
-        return [item for item in self.items if item.status == status]
+    statuses: ClassVar[tuple[str, ...]] = typing.get_args(UploadStatus)
 
     @property
     def stored(self) -> list[UploadItem]:
@@ -221,19 +259,6 @@ class UploadReport:
     def failed(self) -> list[UploadItem]:
         """Items that could not be read or sent (server unreachable after retries, ...)."""
         return self._with("failed")
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Number of items per status (every status present, zeros included)."""
-        out = {"stored": 0, "already_stored": 0, "rejected": 0, "failed": 0}
-        for item in self.items:
-            out[item.status] += 1
-        return out
-
-    @property
-    def total(self) -> int:
-        """Number of items."""
-        return len(self.items)
 
     @property
     def bytes(self) -> int:
@@ -262,12 +287,6 @@ class UploadReport:
         if bad:
             raise UploadFailed(self, bad)
         return self
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[UploadItem]:
-        return iter(self.items)
 
     def __repr__(self) -> str:
         c = self.counts
@@ -983,21 +1002,14 @@ class ExportItem:
         return f"{self.path} ({self.status}{why})"
 
 
-@dataclass
-class ExportReport:
+@dataclass(repr=False, kw_only=True)
+class ExportReport(_Report[ExportItem]):
     """Everything :func:`export` did, one :class:`ExportItem` per instance."""
 
     folder: Path
     """The export's root folder."""
-    items: list[ExportItem] = field(default_factory=list)
-    """One entry per instance, in listing order."""
-    elapsed: float = 0.0
-    """Wall time of the whole export in seconds."""
-    requests: int = 0
-    """HTTP requests the client sent during the export (listings and downloads)."""
 
-    def _with(self, status: ExportStatus) -> list[ExportItem]:
-        return [item for item in self.items if item.status == status]
+    statuses: ClassVar[tuple[str, ...]] = typing.get_args(ExportStatus)
 
     @property
     def written(self) -> list[ExportItem]:
@@ -1015,19 +1027,6 @@ class ExportReport:
         return self._with("failed")
 
     @property
-    def counts(self) -> dict[str, int]:
-        """Number of instances per status (zeros included)."""
-        out = {"written": 0, "skipped": 0, "failed": 0}
-        for item in self.items:
-            out[item.status] += 1
-        return out
-
-    @property
-    def total(self) -> int:
-        """Number of instances."""
-        return len(self.items)
-
-    @property
     def bytes(self) -> int:
         """Bytes written by this export."""
         return sum(item.size for item in self.items if item.status == "written")
@@ -1043,12 +1042,6 @@ class ExportReport:
         if bad:
             raise ExportFailed(self, bad)
         return self
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[ExportItem]:
-        return iter(self.items)
 
     def __repr__(self) -> str:
         c = self.counts
