@@ -45,7 +45,6 @@ EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
 LEVELS = ("patient", "study", "series", "instance")
-_LEVEL_ALIASES = {"patients": "patient", "studies": "study", "instances": "instance"}
 _ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 _CHILD_COUNTS = {
     "study_ids": "num_studies",
@@ -88,13 +87,10 @@ def _human_size(size: float) -> str:
 
 
 def _normalize_level(value: str) -> str:
-    key = value.strip().lower()
-    key = _LEVEL_ALIASES.get(key, key)
-    if key not in LEVELS:
-        raise argparse.ArgumentTypeError(
-            f"unknown level {value!r}: use patient, study, series or instance"
-        )
-    return key
+    try:
+        return level_class(value).level.lower()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- connecting --------------------------------------------------------------------------------

@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import vcr
-
-from tests.conftest import PortMap
+from tests.conftest import PortMap, recorder
 
 
 def _cassette(mode: str, path: str | None, ports: Sequence[str]) -> AbstractContextManager[Any]:
@@ -34,14 +32,7 @@ def _cassette(mode: str, path: str | None, ports: Sequence[str]) -> AbstractCont
     for pair in ports:
         real, _, canonical = pair.partition("=")
         port_map.ports[int(real)] = int(canonical)
-    recorder = vcr.VCR(
-        record_mode="all" if mode == "record" else "none",
-        match_on=["method", "scheme", "host", "port", "path", "query", "body"],
-        filter_headers=["authorization", "cookie", "set-cookie"],
-        before_record_request=port_map,
-        decode_compressed_response=True,
-    )
-    return recorder.use_cassette(path)
+    return recorder(mode, port_map).use_cassette(path)
 
 
 def _run_script(path: str, args: Sequence[str]) -> int:

@@ -99,6 +99,17 @@ class PortMap:
 PORT_MAP = PortMap()
 
 
+def recorder(mode: str, port_map: PortMap) -> vcr.VCR:
+    """The recorder of every cassette: credentials dropped, requests matched in full."""
+    return vcr.VCR(
+        record_mode="all" if mode == "record" else "none",
+        match_on=["method", "scheme", "host", "port", "path", "query", "body"],
+        filter_headers=["authorization", "cookie", "set-cookie"],
+        before_record_request=port_map,
+        decode_compressed_response=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def sample_sandbox(kk_mode: str) -> Iterator[Sandbox | None]:
     """The shared server with the synthetic sample loaded (``None`` in replay)."""
@@ -133,14 +144,7 @@ def cassette(request: pytest.FixtureRequest, kk_mode: str) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if kk_mode == "record":
         path.unlink(missing_ok=True)  # vcrpy would append to an old recording
-    recorder = vcr.VCR(
-        record_mode="all" if kk_mode == "record" else "none",
-        match_on=["method", "scheme", "host", "port", "path", "query", "body"],
-        filter_headers=["authorization", "cookie", "set-cookie"],
-        before_record_request=PORT_MAP,
-        decode_compressed_response=True,
-    )
-    with recorder.use_cassette(str(path)) as recorded:
+    with recorder(kk_mode, PORT_MAP).use_cassette(str(path)) as recorded:
         yield recorded
 
 
