@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import tags as _tags
 from .errors import InvalidRequest, JobFailed, JobTimeout, OrthancError, ValidationFailed
@@ -80,7 +80,7 @@ class Job(BaseModel):
         """Build a job from Orthanc's JSON description."""
         try:
             job = cls.model_validate(data)
-        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+        except ValidationError as exc:  # kept as the cause
             ident = data.get("ID", "?") if isinstance(data, dict) else "?"
             raise ValidationFailed(f"cannot read job {ident}: {exc}") from exc
         job._client = client

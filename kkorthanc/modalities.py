@@ -18,7 +18,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import tags as _tags
 from .errors import (
@@ -132,7 +132,7 @@ class Modality(BaseModel):
             raise ValidationFailed(f"cannot read modality {name!r}: {data!r}")
         try:
             modality = cls.model_validate({**data, "name": name})
-        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+        except ValidationError as exc:  # kept as the cause
             raise ValidationFailed(f"cannot read modality {name!r}: {exc}") from exc
         modality._client = client
         return modality
@@ -376,7 +376,7 @@ class Modality(BaseModel):
             return submitted_job(self.client, answer)
         try:
             report = StoreReport.model_validate(answer)
-        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+        except ValidationError as exc:  # kept as the cause
             raise ValidationFailed(f"cannot read the C-STORE report: {exc}") from exc
         if report.failed_instances_count:
             raise StoreFailed(
@@ -498,7 +498,7 @@ class FindAnswer(BaseModel):
                     "tags": data,
                 }
             )
-        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+        except ValidationError as exc:  # kept as the cause
             raise ValidationFailed(f"cannot read C-FIND answer {index}: {exc}") from exc
 
     def __repr__(self) -> str:

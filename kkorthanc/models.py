@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, overload
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import tags as _tags
 from .tags import PersonName
@@ -139,7 +139,7 @@ class Resource(BaseModel):
         merged = {**tags, **data}
         try:
             obj = cls.model_validate(merged)
-        except Exception as exc:  # pydantic.ValidationError, kept as the cause
+        except ValidationError as exc:  # kept as the cause
             ident = data.get("ID", "?") if isinstance(data, dict) else "?"
             raise ValidationFailed(f"cannot read {cls.level} {ident}: {exc}") from exc
         obj._client = client
