@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import ConfigDict, Field
 
 from . import tags as _tags
+from ._base import ServerObject
 from .errors import InvalidRequest, JobFailed, JobTimeout, OrthancError, ValidationFailed
 from .models import Instance, OrthancTime, Resource, level_class
 
@@ -37,7 +38,7 @@ class NoResultingResource(OrthancError):
     """A job finished without producing a resource (e.g. a C-STORE job)."""
 
 
-class Job(BaseModel):
+class Job(ServerObject):
     """A job on the server, as ``GET /jobs/{id}`` describes it.
 
     Plain fields never touch the network; :meth:`refresh`, :meth:`wait` and the control
@@ -73,25 +74,14 @@ class Job(BaseModel):
     content: dict[str, Any] = Field(default_factory=dict, alias="Content")
     """Job-specific details: for a modification ``ID``, ``Path`` and ``Type`` of the result."""
 
-    _client: Orthanc | None = PrivateAttr(default=None)
-
     @classmethod
     def from_orthanc(cls, data: Any, client: Orthanc | None = None) -> Job:
         """Build a job from Orthanc's JSON description."""
-        try:
-            job = cls.model_validate(data)
-        except ValidationError as exc:  # kept as the cause
-            ident = data.get("ID", "?") if isinstance(data, dict) else "?"
-            raise ValidationFailed(f"cannot read job {ident}: {exc}") from exc
-        job._client = client
-        return job
+        ident = data.get("ID", "?") if isinstance(data, dict) else "?"
+        return cls._attached(data, client, f"job {ident}")
 
-    @property
-    def client(self) -> Orthanc:
-        """The client the job came from."""
-        if self._client is None:
-            raise RuntimeError(f"job {self.id} is not attached to a client")
-        return self._client
+    def _label(self) -> str:
+        return f"job {self.id}"
 
     @property
     def path(self) -> str:

@@ -18,9 +18,10 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import tags as _tags
+from ._base import ServerObject
 from .errors import (
     BadRequest,
     InvalidRequest,
@@ -89,7 +90,7 @@ def _modality_error(cls: type[ModalityError], name: str, error: ServerError) -> 
 # -- models ------------------------------------------------------------------------------------
 
 
-class Modality(BaseModel):
+class Modality(ServerObject):
     """A remote DICOM node the server knows (one entry of its ``DicomModalities``)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
@@ -121,8 +122,6 @@ class Modality(BaseModel):
     allow_store: bool = Field(default=True, alias="AllowStore")
     """Whether the peer may C-STORE to the server."""
 
-    _client: Orthanc | None = PrivateAttr(default=None)
-
     @classmethod
     def from_orthanc(cls, name: str, data: Any, client: Orthanc | None = None) -> Modality:
         """Build a modality from its configuration as ``/modalities?expand`` gives it."""
@@ -130,19 +129,10 @@ class Modality(BaseModel):
             data = {"AET": data[0], "Host": data[1], "Port": data[2]}
         if not isinstance(data, dict):
             raise ValidationFailed(f"cannot read modality {name!r}: {data!r}")
-        try:
-            modality = cls.model_validate({**data, "name": name})
-        except ValidationError as exc:  # kept as the cause
-            raise ValidationFailed(f"cannot read modality {name!r}: {exc}") from exc
-        modality._client = client
-        return modality
+        return cls._attached({**data, "name": name}, client, f"modality {name!r}")
 
-    @property
-    def client(self) -> Orthanc:
-        """The client of the server that knows this modality."""
-        if self._client is None:
-            raise RuntimeError(f"modality {self.name} is not attached to a client")
-        return self._client
+    def _label(self) -> str:
+        return f"modality {self.name}"
 
     @property
     def path(self) -> str:

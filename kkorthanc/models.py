@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, overload
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from . import tags as _tags
+from ._base import ServerObject
 from .tags import PersonName
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _stripe(resource_id: str, relation: str) -> threading.Lock:
     return _STRIPES[hash((resource_id, relation)) % len(_STRIPES)]
 
 
-class Resource(BaseModel):
+class Resource(ServerObject):
     """Fields and behaviour shared by the four levels."""
 
     model_config = ConfigDict(
@@ -126,33 +127,19 @@ class Resource(BaseModel):
     labels: tuple[str, ...] = Field(default=(), alias="Labels")
     """Labels attached to the resource (Orthanc 1.12+; empty on older servers)."""
 
-    _client: Orthanc | None = PrivateAttr(default=None)
     _children: tuple[Resource, ...] | None = PrivateAttr(default=None)
     _parent: Resource | None = PrivateAttr(default=None)
 
     @classmethod
     def from_orthanc(cls: type[R], data: dict[str, Any], client: Orthanc | None = None) -> R:
         """Build a model from an expanded Orthanc JSON object."""
-        from .errors import ValidationFailed
-
         tags = data.get("MainDicomTags") or {}
-        merged = {**tags, **data}
-        try:
-            obj = cls.model_validate(merged)
-        except ValidationError as exc:  # kept as the cause
-            ident = data.get("ID", "?") if isinstance(data, dict) else "?"
-            raise ValidationFailed(f"cannot read {cls.level} {ident}: {exc}") from exc
-        obj._client = client
-        return obj
+        return cls._attached({**tags, **data}, client, f"{cls.level} {data.get('ID', '?')}")
 
     # -- identity ------------------------------------------------------------------------
 
-    @property
-    def client(self) -> Orthanc:
-        """The client this resource came from (raises if it was built without one)."""
-        if self._client is None:
-            raise RuntimeError(f"{self.level} {self.id} is not attached to a client")
-        return self._client
+    def _label(self) -> str:
+        return f"{self.level} {self.id}"
 
     @property
     def path(self) -> str:
