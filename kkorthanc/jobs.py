@@ -9,7 +9,6 @@ Orthanc's own error when it fails and :class:`~kkorthanc.errors.JobTimeout` when
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -518,18 +517,11 @@ def _replacements(operation: str, value: Any) -> dict[str, Any]:
 
 def _dicom_value(operation: str, keyword: str, value: Any) -> Any:
     """A Python value as Orthanc's JSON wants it: DICOM strings, lists of datasets kept."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, datetime.datetime):
-        return _tags.datetime_to_dicom(value)
-    if isinstance(value, datetime.date):
-        return _tags.date_to_dicom(value)
-    if isinstance(value, datetime.time):
-        return _tags.time_to_dicom(value)
+    text = _tags.value_to_dicom(value)
+    if text is not None:
+        return text
     if isinstance(value, bool):
         raise InvalidRequest(f"{operation}(): {keyword} cannot be a boolean")
-    if isinstance(value, (int, float)):
-        return str(value)
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(item, Mapping) for item in value):
             return [dict(item) for item in value]  # a sequence of items, as Orthanc takes it

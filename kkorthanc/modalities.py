@@ -14,7 +14,6 @@ carrying that reason. A C-MOVE runs as a job, so its failure is a
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -594,18 +593,11 @@ def _query_keys(level: str, matches: Mapping[str, Any]) -> dict[str, str]:
 def _query_value(keyword: str, value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, datetime.datetime):
-        return _tags.datetime_to_dicom(value)
-    if isinstance(value, datetime.date):
-        return _tags.date_to_dicom(value)
-    if isinstance(value, datetime.time):
-        return _tags.time_to_dicom(value)
+    text = _tags.value_to_dicom(value)
+    if text is not None:
+        return text
     if isinstance(value, bool):
         raise InvalidRequest(f"find(): {keyword} cannot be a boolean")
-    if isinstance(value, int | float):
-        return str(value)
     if isinstance(value, tuple) and len(value) == 2 and not all(isinstance(v, str) for v in value):
         first, last = (_query_value(keyword, v) for v in value)
         return f"{first}-{last}"

@@ -50,6 +50,7 @@ __all__ = [
     "snake_to_keyword",
     "suggest_keywords",
     "time_to_dicom",
+    "value_to_dicom",
 ]
 
 T = TypeVar("T")
@@ -266,6 +267,25 @@ def datetime_to_dicom(dt: datetime.datetime) -> str:
 # ---------------------------------------------------------------------------
 # Numbers and strings
 # ---------------------------------------------------------------------------
+
+
+
+def value_to_dicom(value: object) -> str | None:
+    """A string, number, date, time or datetime as DICOM text; ``None`` for anything else.
+
+    Booleans are not DICOM values and give ``None`` too.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime.datetime):
+        return datetime_to_dicom(value)
+    if isinstance(value, datetime.date):
+        return date_to_dicom(value)
+    if isinstance(value, datetime.time):
+        return time_to_dicom(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def parse_is(value: str | None) -> int | None:

@@ -31,6 +31,7 @@ from kkorthanc.tags import (
     snake_to_keyword,
     suggest_keywords,
     time_to_dicom,
+    value_to_dicom,
 )
 
 UTC = dt.timezone.utc
@@ -617,3 +618,21 @@ def test_suggest_keywords_has_no_duplicates() -> None:
         result = suggest_keywords(name, n=5)
         assert len(result) == len(set(result))
         assert len({snake_to_keyword(k) for k in result}) == len(result)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ABC", "ABC"),
+        (dt.date(2021, 2, 3), "20210203"),
+        (dt.time(4, 5, 6), "040506"),
+        (dt.datetime(2021, 2, 3, 4, 5, 6), "20210203040506"),
+        (7, "7"),
+        (2.5, "2.5"),
+        (True, None),
+        ([1, 2], None),
+        (None, None),
+    ],
+)
+def test_value_to_dicom(value: object, expected: str | None) -> None:
+    assert value_to_dicom(value) == expected
