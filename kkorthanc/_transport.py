@@ -11,11 +11,12 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import pydantic_core
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -303,36 +304,72 @@ class Transport:
     ) -> Iterator[list[Any]]:
         """Page through an expanded listing with ``since``/``limit``: one request per page.
 
-        With ``prefetch`` the next page is requested while the caller works on the current
-        one, so the caller's processing overlaps the server's. The pages and the number of
-        requests are the same either way.
+        See :meth:`iter_listings`, which this is for a single listing.
+        """
+        for _, page in self.iter_listings(
+            [path], page_size=page_size, params=params, prefetch=prefetch
+        ):
+            yield page
+
+    def iter_listings(
+        self,
+        paths: Sequence[str],
+        *,
+        page_size: int = 1000,
+        params: Params | None = None,
+        prefetch: bool = False,
+    ) -> Iterator[tuple[str, list[Any]]]:
+        """Page through expanded listings one after another: ``(path, page)`` pairs.
+
+        ``GET path?expand&since=N&limit=page_size``: one request per page, a listing ending
+        at its first short page. With ``prefetch`` the next page (of the same listing, or the
+        first of the next one) is requested while the caller works on the current one, so
+        the caller's processing overlaps the server's. The pages, the requests and their order
+        are the same either way.
         """
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
         base: dict[str, Any] = {"expand": "", **(params or {})}
 
-        def fetch(since: int) -> list[Any]:
-            page = self.get_json(path, {**base, "since": since, "limit": page_size})
-            if not isinstance(page, list):
-                raise OrthancConnectionError(f"GET {path}: expected a JSON list")
-            return page
+        def after(position: int, since: int, page: list[Any]) -> tuple[int, int] | None:
+            if len(page) == page_size:
+                return position, since + page_size
+            return (position + 1, 0) if position + 1 < len(paths) else None
 
+        def fetch(step: tuple[int, int]) -> list[Any]:
+            return self._listing_page(paths[step[0]], step[1], page_size, base)
+
+        step: tuple[int, int] | None = (0, 0) if paths else None
         if not prefetch:
-            since = 0
-            while True:
-                page = fetch(since)
-                yield page
-                if len(page) < page_size:
-                    return
-                since += page_size
+            while step is not None:
+                page = fetch(step)
+                yield paths[step[0]], page
+                step = after(*step, page)
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="kkorthanc-page") as pool:
-            since = 0
-            pending: Future[list[Any]] | None = pool.submit(fetch, since)
-            while pending is not None:
+            pending = pool.submit(fetch, step) if step is not None else None
+            while pending is not None and step is not None:
                 page = pending.result()
-                since += page_size
-                pending = pool.submit(fetch, since) if len(page) == page_size else None
-                yield page
+                current, step = step, after(*step, page)
+                pending = pool.submit(fetch, step) if step is not None else None
+                yield paths[current[0]], page
+
+    def _listing_page(
+        self, path: str, since: int, limit: int, params: Mapping[str, Any]
+    ) -> list[Any]:
+        """One page of an expanded listing.
+
+        Decoded by pydantic's JSON parser: faster than :func:`json.loads`, and equal strings
+        (tag values, parent IDs) come out as one shared object, which halves a page's memory.
+        """
+        response = self.request("GET", path, params={**params, "since": since, "limit": limit})
+        try:
+            page = pydantic_core.from_json(response.content)
+        except ValueError as exc:
+            raise OrthancConnectionError(f"GET {path}: the server's answer is not JSON") from exc
+        if not isinstance(page, list):
+            raise OrthancConnectionError(f"GET {path}: expected a JSON list")
+        return page
 
     def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
         delay = self.backoff * (2 ** (attempt - 1))

@@ -176,9 +176,7 @@ class Orthanc:
         if self._system is None:
             with self._system_lock:
                 if self._system is None:
-                    self._system = SystemInfo.model_validate(
-                        self._transport.get_json("/system")
-                    )
+                    self._system = SystemInfo.model_validate(self._transport.get_json("/system"))
         return self._system
 
     def supports(self, feature: str) -> bool:
@@ -215,11 +213,28 @@ class Orthanc:
 
         ``GET /{level}?expand&since=N&limit=page_size``: one request per page.
         """
-        for page in self._transport.iter_pages(
-            f"/{cls.collection}", page_size=page_size, prefetch=prefetch
-        ):
+        for _, page in self.iter_listing_pages([cls], page_size=page_size, prefetch=prefetch):
             for item in page:
                 yield cls.from_orthanc(item, self)
+
+    def iter_listing_pages(
+        self,
+        levels: Sequence[type[Resource]],
+        *,
+        page_size: int = 1000,
+        prefetch: bool = False,
+    ) -> Iterator[tuple[type[Resource], list[Any]]]:
+        """The raw JSON pages of several levels' expanded listings, level after level.
+
+        ``GET /{level}?expand&since=N&limit=page_size``: one request per page. With
+        ``prefetch`` the next page is on its way while the caller reads the current one,
+        across level boundaries too.
+        """
+        by_path = {f"/{cls.collection}": cls for cls in levels}
+        for path, page in self._transport.iter_listings(
+            list(by_path), page_size=page_size, prefetch=prefetch
+        ):
+            yield by_path[path], page
 
     def patients(self, *, page_size: int = 1000) -> list[Patient]:
         """All patients, expanded: one request per page of ``page_size``."""

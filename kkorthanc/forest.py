@@ -39,7 +39,6 @@ import datetime
 import gc
 import hashlib
 import itertools
-import queue
 import threading
 import types
 import typing
@@ -48,12 +47,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TextIO, TypeVar, overload
 
-import pydantic_core
 from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.functional_validators import BeforeValidator
 
-from .errors import OrthancConnectionError, OrthancError
+from .errors import OrthancError
 from .models import (
     Instance,
     OrthancTime,
@@ -602,71 +600,6 @@ def _count(state: _State, cls: type[Resource]) -> int:
     return 0
 
 
-# -- the listing pipeline ---------------------------------------------------------------------
-
-
-def _fetch_page(client: Orthanc, cls: type[Resource], since: int, limit: int) -> list[Any]:
-    """One page of an expanded level listing (``GET /{level}?expand&since=&limit=``).
-
-    Decoded by pydantic's JSON parser: faster than :func:`json.loads`, and equal strings
-    (tag values, parent IDs) come out as one shared object, which halves a page's memory.
-    """
-    path = f"/{cls.collection}"
-    response = client._transport.request(
-        "GET", path, params={"expand": "", "since": since, "limit": limit}
-    )
-    try:
-        page = pydantic_core.from_json(response.content)
-    except ValueError as exc:
-        raise OrthancConnectionError(f"GET {path}: the server's answer is not JSON") from exc
-    if not isinstance(page, list):
-        raise OrthancError(f"GET {path}: expected a JSON list of resources")
-    return page
-
-
-_END: Any = object()
-
-
-def _pages(
-    client: Orthanc, levels: Sequence[type[Resource]], page_size: int
-) -> Iterator[tuple[type[Resource], list[Any]]]:
-    """Every page of every level, in order, fetched one page ahead by a background thread.
-
-    The requests are the same, in the same order, as reading the pages one after another;
-    the thread only lets the server work on the next page (and on the next level) while the
-    caller builds models from the current one.
-    """
-    pages: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    stop = threading.Event()
-
-    def fetch_all() -> None:
-        try:
-            for cls in levels:
-                since = 0
-                while not stop.is_set():
-                    page = _fetch_page(client, cls, since, page_size)
-                    pages.put((cls, page))
-                    if len(page) < page_size:
-                        break
-                    since += page_size
-            pages.put(_END)
-        except BaseException as exc:  # handed to the consumer, raised there
-            pages.put(exc)
-
-    worker = threading.Thread(target=fetch_all, name="kkorthanc-forest-pages", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = pages.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 # -- the forest -------------------------------------------------------------------------------
 
 
@@ -1125,7 +1058,7 @@ def _load(client: Orthanc, depth: Depth, page_size: int) -> _State:
     groups: dict[type[Resource], dict[str, list[Resource]]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE:
-        for cls, page in _pages(client, levels, page_size):
+        for cls, page in client.iter_listing_pages(levels, page_size=page_size, prefetch=True):
             make = _FACTORIES[cls]
             build = make.build or make
             table = state.tables[cls]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from kkorthanc import Instance, Orthanc, Patient, Series, Study, ValidationFailed, synthetic
 from kkorthanc import forest as forest_module
+from kkorthanc._transport import Transport
 from kkorthanc.forest import (
     AmbiguousIdentifier,
     Change,
@@ -433,18 +434,18 @@ def test_a_feed_that_went_back_means_a_new_database(client: Orthanc) -> None:
 def test_a_resource_skipped_by_paging_is_found_by_the_next_update(
     client: Orthanc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fetch = forest_module._fetch_page
+    real_fetch = Transport._listing_page
     skipped: list[str] = []
 
     def fetch_skipping_one(
-        on: Orthanc, cls: type[Resource], since: int, limit: int
+        self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
     ) -> list[Any]:
-        page = real_fetch(on, cls, since, limit)
-        if cls is Instance and not skipped:  # as when a deletion shifts the later pages
+        page = real_fetch(self, path, since, limit, params)
+        if path == "/instances" and not skipped:  # as when a deletion shifts the later pages
             skipped.append(page.pop(5)["ID"])
         return page
 
-    monkeypatch.setattr(forest_module, "_fetch_page", fetch_skipping_one)
+    monkeypatch.setattr(Transport, "_listing_page", fetch_skipping_one)
     forest = load_forest(client)
     monkeypatch.undo()
     assert forest.counts.instances == 47 and forest.get(skipped[0]) is None
@@ -541,19 +542,19 @@ def test_upload_between_two_listings_is_left_out_then_added(
     servers: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = servers.new(sample=True, stable_age=3600)
-    real_fetch = forest_module._fetch_page
+    real_fetch = Transport._listing_page
     uploaded: list[str] = []
 
     def fetch_then_upload(
-        on: Orthanc, cls: type[Resource], since: int, limit: int
+        self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
     ) -> list[Any]:
-        page = real_fetch(on, cls, since, limit)
-        if cls is Series and len(page) < limit and not uploaded:  # the series listing is done
-            uploaded.extend(upload(on, synthetic.SyntheticSpec(1, 1, 1, 2, seed=5)))
-            upload(on, LONGER, "P000/ST00/SE00/IM003")
+        page = real_fetch(self, path, since, limit, params)
+        if path == "/series" and len(page) < limit and not uploaded:  # the series listing is done
+            uploaded.extend(upload(client, synthetic.SyntheticSpec(1, 1, 1, 2, seed=5)))
+            upload(client, LONGER, "P000/ST00/SE00/IM003")
         return page
 
-    monkeypatch.setattr(forest_module, "_fetch_page", fetch_then_upload)
+    monkeypatch.setattr(Transport, "_listing_page", fetch_then_upload)
     forest = load_forest(client)
     monkeypatch.undo()
 
@@ -573,19 +574,19 @@ def test_deletion_between_two_listings_trims_the_parent(
     servers: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = servers.new(sample=True, stable_age=3600)
-    real_fetch = forest_module._fetch_page
+    real_fetch = Transport._listing_page
     deleted: list[str] = []
 
     def fetch_then_delete(
-        on: Orthanc, cls: type[Resource], since: int, limit: int
+        self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
     ) -> list[Any]:
-        page = real_fetch(on, cls, since, limit)
-        if cls is Series and not deleted:
+        page = real_fetch(self, path, since, limit, params)
+        if path == "/series" and not deleted:
             deleted.append(page[0]["Instances"][0])
-            on._transport.delete(f"/instances/{deleted[0]}")
+            client._transport.delete(f"/instances/{deleted[0]}")
         return page
 
-    monkeypatch.setattr(forest_module, "_fetch_page", fetch_then_delete)
+    monkeypatch.setattr(Transport, "_listing_page", fetch_then_delete)
     forest = load_forest(client)
     monkeypatch.undo()
     assert forest.counts.instances == 47
