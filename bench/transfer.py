@@ -36,6 +36,21 @@ from kkorthanc.sandbox import Sandbox
 WORKERS = 4
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from ``/proc``; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds this process (every thread) has used so far."""
+    times = os.times()
+    return times.user + times.system
+
+
 def raw_upload(sandbox: Sandbox, paths: list[Path]) -> int:
     """A plain pooled ``requests`` session, 4 threads, one POST per file read in the thread."""
     session = requests.Session()
@@ -166,14 +181,23 @@ def main() -> int:
         }
         names = list(contenders)
         times: dict[str, list[float]] = {name: [] for name in names}
+        server_cpu: dict[str, list[float]] = {name: [] for name in names}
+        client_cpu: dict[str, list[float]] = {name: [] for name in names}
         requests_sent: dict[str, int] = {}
         for round_ in range(args.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
                 with Sandbox(name="kk-bench-transfer") as sandbox:
+                    assert sandbox.process is not None
+                    server_before = process_cpu(sandbox.process.pid)
+                    client_before = own_cpu()
                     start = time.perf_counter()
                     requests_sent[name] = contenders[name](sandbox)
                     times[name].append(time.perf_counter() - start)
+                    client_cpu[name].append(own_cpu() - client_before)
+                    server_after = process_cpu(sandbox.process.pid)
+                    if server_before is not None and server_after is not None:
+                        server_cpu[name].append(server_after - server_before)
                     with sandbox.client() as check:
                         stored = check.statistics()["CountInstances"]
                     if stored != total:
@@ -192,6 +216,29 @@ def main() -> int:
                 f"{raw_best / best:>7.2f}x"
             )
         print("(the last row is no contender: it shows the cost of the HTTP stack itself)")
+        if all(server_cpu.values()):
+            print()
+            print(f"{'CPU per file, median':<26}{'Orthanc ms':>11}{'client ms':>10}{'wall ms':>9}")
+            per_file = {
+                name: (
+                    1000 * statistics.median(server_cpu[name]) / total,
+                    1000 * statistics.median(client_cpu[name]) / total,
+                    1000 * statistics.median(times[name]) / total,
+                )
+                for name in names
+            }
+            for name, (server_ms, client_ms, wall_ms) in per_file.items():
+                print(f"{name:<26}{server_ms:>11.2f}{client_ms:>10.2f}{wall_ms:>9.2f}")
+            cores = os.cpu_count() or 1
+            orthanc_ms, kk_ms, _ = per_file[names[1]]
+            py_wall = per_file[names[2]][2]
+            print(
+                f"bound on {cores} cores: Orthanc alone needs {orthanc_ms:.2f} ms of CPU per file "
+                f"under parallel load and pyorthanc takes {py_wall:.2f} ms per file end to end, "
+                f"so no client can beat pyorthanc by more than {cores * py_wall / orthanc_ms:.1f}x "
+                f"even with no CPU of its own; with kkorthanc's {kk_ms:.2f} ms the bound is "
+                f"{cores * py_wall / (orthanc_ms + kk_ms):.1f}x"
+            )
 
         def paired(baseline: str) -> float:
             """Median over rounds of baseline time / kkorthanc time in the same round:

@@ -8,7 +8,10 @@ request it sends, so that tests can assert how many round trips an operation cos
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -237,6 +240,13 @@ class Transport:
 
         return self._retrying(method, path, repeatable, send, answer).data
 
+    def channel(self) -> BinaryChannel:
+        """A connection of its own for one thread's stream of binary uploads.
+
+        See :class:`BinaryChannel`; close it when the thread is done.
+        """
+        return BinaryChannel(self)
+
     def _pool(self) -> urllib3.HTTPConnectionPool:
         adapter = self.session.get_adapter(self.base_url)
         assert isinstance(adapter, HTTPAdapter)
@@ -250,8 +260,15 @@ class Transport:
         repeatable: bool | None,
         send: Callable[[], _R],
         answer: Callable[[_R], _Answer],
+        errors: tuple[type[Exception], ...] = (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+        ),
     ) -> _R:
-        """Send until answered, retrying what is safe to retry; map error statuses."""
+        """Send until answered, retrying what is safe to retry; map error statuses.
+
+        ``errors`` are the HTTP layer's exceptions for a request that got no answer.
+        """
         if repeatable is None:
             repeatable = method in IDEMPOTENT_METHODS or (
                 method == "POST" and path.rstrip("/") == "/instances"
@@ -262,17 +279,17 @@ class Transport:
                 self._count += 1
             try:
                 response = send()
-            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            except errors as exc:
                 if attempt < self.retries and (repeatable or _never_sent(exc)):
                     attempt += 1
-                    self._sleep(attempt)
+                    self.pause_before_retry(attempt)
                     continue
                 raise _transport_error(method, path, self.base_url, exc) from exc
             info = answer(response)
             if info.status in RETRY_STATUSES and repeatable and attempt < self.retries:
                 info.close()
                 attempt += 1
-                self._sleep(attempt, info.retry_after)
+                self.pause_before_retry(attempt, info.retry_after)
                 continue
             if info.status >= 400:
                 raise _http_error(method, self.url_for(path), info.status, info.content())
@@ -371,11 +388,124 @@ class Transport:
             raise OrthancConnectionError(f"GET {path}: expected a JSON list")
         return page
 
-    def _sleep(self, attempt: int, retry_after: str | None = None) -> None:
+    def pause_before_retry(self, attempt: int, retry_after: str | None = None) -> None:
+        """Wait before sending attempt ``attempt`` (1 for the first retry) again: the
+        backoff doubles each time, ``Retry-After`` is honoured up to 10 s."""
         delay = self.backoff * (2 ** (attempt - 1))
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 10.0))
         time.sleep(min(delay, 10.0))
+
+
+class BinaryChannel:
+    """One keep-alive connection, used by one thread, for a stream of binary uploads.
+
+    Bulk uploads post thousands of small files, and then the client's own CPU time per
+    request matters: it competes with the server for the same cores when both run on one
+    machine. A plain :class:`http.client.HTTPConnection` that the thread keeps for itself
+    costs about a third less CPU per request than the pooled path of :meth:`Transport.send_bytes`
+    (no pool checkout, no second response object). Retries, error mapping and request
+    counting are the transport's. HTTPS servers go through :meth:`Transport.send_bytes`,
+    where the session's TLS settings live.
+
+    Not thread-safe: give each worker thread its own channel, and close it when done.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        parts = urlsplit(transport.base_url)
+        self._plain = parts.scheme == "http"
+        self._host = parts.hostname or ""
+        self._port = parts.port or 80
+        timeout = transport.timeout
+        self._connect_timeout, self._read_timeout = (
+            timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        )
+        self._conn: http.client.HTTPConnection | None = None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str,
+        repeatable: bool | None = None,
+    ) -> bytes:
+        """Send ``body`` and return the answer's body; errors as :meth:`Transport.request`."""
+        transport = self._transport
+        method = method.upper()
+        if not self._plain:
+            return transport.send_bytes(
+                method, path, body, content_type=content_type, repeatable=repeatable
+            )
+        target = transport._base_path + path
+        headers = {**transport._fast_headers, "Content-Type": content_type}
+
+        def send() -> tuple[int, str | None, bytes]:
+            conn = self._connection()
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                response = conn.getresponse()
+                return response.status, response.getheader("Retry-After"), response.read()
+            except BaseException:
+                self.close()  # a half-used connection is never reused
+                raise
+
+        def answer(reply: tuple[int, str | None, bytes]) -> _Answer:
+            return _Answer(reply[0], reply[1], lambda: reply[2], _nothing)
+
+        status_and_body = transport._retrying(
+            method, path, repeatable, send, answer, (OSError, http.client.HTTPException)
+        )
+        return status_and_body[2]
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """The open connection, or a new one when there is none or the server closed it."""
+        conn = self._conn
+        if conn is not None and _closed_by_peer(conn.sock):
+            self.close()
+            conn = None
+        if conn is None:
+            # looked up when used, so that recorders that patch http.client see it
+            conn = http.client.HTTPConnection(
+                self._host, self._port, timeout=self._connect_timeout
+            )
+            self._conn = conn
+        if conn.sock is None:
+            conn.connect()
+            sock = conn.sock
+            if isinstance(sock, socket.socket):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(self._read_timeout)
+        return conn
+
+    def close(self) -> None:
+        """Close the connection; the next :meth:`send` opens a new one."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> BinaryChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _closed_by_peer(sock: object) -> bool:
+    """True when an idle keep-alive socket has become readable: the server closed it."""
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _clean_params(params: Params | None) -> dict[str, str] | None:
@@ -425,7 +555,9 @@ def _never_sent(exc: BaseException) -> bool:
 def _transport_error(
     method: str, path: str, base_url: str, exc: Exception
 ) -> OrthancConnectionError:
-    timed_out = isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError))
+    timed_out = isinstance(
+        exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    )
     # urllib3 files a refused connection under its timeouts
     if timed_out and not isinstance(exc, urllib3.exceptions.NewConnectionError):
         return OrthancTimeout(f"{method} {path}: no answer from {base_url} in time ({exc})")

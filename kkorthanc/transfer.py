@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - Python built without liblzma
     lzma = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from ._transport import Transport
+    from ._transport import BinaryChannel, Transport
     from .client import Orthanc
 
 __all__ = [
@@ -90,6 +90,8 @@ DEFAULT_LAYOUT = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanc
 DEFAULT_MAX_MEMBER_SIZE = 2 * 1024**3
 #: Consecutive "server unreachable" failures after which :func:`upload` stops sending.
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 32
+#: Orthanc's ``OrthancStatus`` for "Unable to create a subdirectory or a file in the file storage"
+FILE_STORAGE_CANNOT_WRITE = 2001
 
 #: File names that are never DICOM instances, reported as rejected without being read.
 JUNK_NAMES = frozenset({"dicomdir", ".ds_store", "thumbs.db", "desktop.ini"})
@@ -652,13 +654,13 @@ class _Uploader:
         self.consecutive = 0
         self.tripped: str | None = None
 
-    def run(self, task: _Task) -> UploadItem:
+    def run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
         start = time.perf_counter()
-        item = self._run(task)
+        item = self._run(task, channel)
         item.seconds = time.perf_counter() - start
         return item
 
-    def _run(self, task: _Task) -> UploadItem:
+    def _run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
         if task.status is not None:
             return UploadItem(task.source, task.status, error=task.error)
         data = task.data
@@ -681,9 +683,7 @@ class _Uploader:
         if self.tripped is not None:
             return UploadItem(task.source, "failed", size=size, error=self.tripped)
         try:
-            content = self.transport.send_bytes(
-                "POST", "/instances", data, content_type="application/dicom"
-            )
+            content = self._post(channel, data)
         except (Unauthorized, Forbidden):
             raise
         except NotFound as exc:
@@ -728,6 +728,25 @@ class _Uploader:
             size=size,
             error=None if status in ("stored", "already_stored") else f"server status {state}",
         )
+
+    def _post(self, channel: BinaryChannel, data: bytes) -> bytes:
+        """``POST /instances``, sent again when Orthanc could not write the file.
+
+        Orthanc 1.10 can fail to create a storage subfolder that a concurrent upload is
+        creating at the same moment, and answers 500 with ``FileStorageCannotWrite``; the
+        same file then goes through. A full disk fails every attempt and is reported.
+        """
+        attempt = 0
+        while True:
+            try:
+                return channel.send("POST", "/instances", data, content_type="application/dicom")
+            except ServerError as exc:
+                if exc.orthanc_status != FILE_STORAGE_CANNOT_WRITE:
+                    raise
+                if attempt >= self.transport.retries:
+                    raise
+                attempt += 1
+                self.transport.pause_before_retry(attempt)
 
     def _refused(self, task: _Task, size: int, exc: OrthancHTTPError) -> UploadItem:
         self._reset()
@@ -811,26 +830,28 @@ def upload(
     problems = [0, 0]
 
     def work() -> None:
-        while True:
-            task = tasks.get()
-            if task is None or stop.is_set():
-                return
-            try:
-                item = uploader.run(task)
-            except BaseException as exc:  # surfaced by the caller thread below
-                with lock:
-                    errors.append(exc)
-                stop.set()
-                return
-            with lock:
-                items.append(item)
-                seqs.append(task.seq)
-                bar.update(1)
-                if item.status in ("rejected", "failed"):
-                    problems[item.status == "failed"] += 1
-                    bar.set_postfix_str(
-                        f"{problems[0]} rejected, {problems[1]} failed", refresh=False
-                    )
+        with client._transport.channel() as channel:
+            while True:
+                task = tasks.get()
+                if task is None or stop.is_set():
+                    return
+                try:
+                    item = uploader.run(task, channel)
+                except BaseException as exc:  # surfaced by the caller thread below
+                    with lock:
+                        errors.append(exc)
+                    stop.set()
+                    return
+                record(task, item)
+
+    def record(task: _Task, item: UploadItem) -> None:
+        with lock:
+            items.append(item)
+            seqs.append(task.seq)
+            bar.update(1)
+            if item.status in ("rejected", "failed"):
+                problems[item.status == "failed"] += 1
+                bar.set_postfix_str(f"{problems[0]} rejected, {problems[1]} failed", refresh=False)
 
     threads = [
         threading.Thread(target=work, name=f"kkorthanc-upload-{n}", daemon=True)
@@ -933,6 +954,7 @@ def _get_to_file(
                     f"{method} {route}: the connection broke during the download ({exc})"
                 ) from exc
             attempt += 1
+            transport.pause_before_retry(attempt)
         finally:
             response.close()
 

@@ -7,11 +7,14 @@ connections are piped through untouched. Faults:
 - ``"503"``: read the request, answer ``503 Service Unavailable`` and close.
 - ``"swallow"``: forward the request, let the server answer, then close the connection
   without passing the answer on (the server did the work; the client can't know).
+- ``"storage"``: read the request and answer 500 with the error body Orthanc sends when it
+  cannot write to its storage folder, then close.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections import deque
@@ -37,6 +40,24 @@ def read_message(sock: socket.socket) -> bytes:
             break
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+_STORAGE_BODY = json.dumps(
+    {
+        "HttpError": "Internal Server Error",
+        "HttpStatus": 500,
+        "Message": "Unable to create a subdirectory or a file in the file storage",
+        "Method": "POST",
+        "OrthancError": "Unable to create a subdirectory or a file in the file storage",
+        "OrthancStatus": 2001,
+        "Uri": "/instances",
+    }
+).encode()
+STORAGE_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+    b"Content-Length: " + str(len(_STORAGE_BODY)).encode() + b"\r\nConnection: close\r\n\r\n"
+    + _STORAGE_BODY
+)
 
 
 class FaultyProxy:
@@ -83,6 +104,10 @@ class FaultyProxy:
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                     b"Connection: close\r\n\r\n"
                 )
+                return
+            if fault == "storage":
+                read_message(conn)
+                conn.sendall(STORAGE_ERROR)
                 return
             with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
                 if fault == "swallow":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import struct
 import sys
 import tarfile
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kkorthanc import Orthanc, Unauthorized, orthanc_id, synthetic, transfer
+from kkorthanc._transport import BinaryChannel
 from kkorthanc.sandbox import free_port
 from kkorthanc.transfer import (
     ExportFailed,
@@ -180,9 +182,11 @@ def test_unreachable_server_fails_items_and_stops_sending(tmp_path: Path) -> Non
 def test_a_slow_server_loses_no_queued_item(monkeypatch: pytest.MonkeyPatch) -> None:
     run = transfer._Uploader._run
 
-    def slow(self: transfer._Uploader, task: transfer._Task) -> UploadItem:
+    def slow(
+        self: transfer._Uploader, task: transfer._Task, channel: BinaryChannel
+    ) -> UploadItem:
         time.sleep(0.15)  # longer than the producer waits on a full queue
-        return run(self, task)
+        return run(self, task, channel)
 
     monkeypatch.setattr(transfer._Uploader, "_run", slow)
     junk = [f"junk {n}".encode() for n in range(8)]
@@ -629,3 +633,55 @@ def test_server_stopped_mid_import_then_import_again(servers: Servers, tmp_path:
     # items whose answer was lost when the server died were stored once, found the 2nd time
     lost = [item for item in first.failed if status[item.source] == "already_stored"]
     assert len(first.stored) + len(lost) + len(second.stored) == total
+
+
+# -- the upload channel: storage races, idle connections -----------------------------------------
+
+
+@pytest.mark.live_only
+def test_storage_write_failure_is_sent_again_then_reported(servers: Servers) -> None:
+    from ._proxy import FaultyProxy
+
+    target = servers.new()
+    sandbox = servers.sandbox_of(target)
+    (_, first), (_, second) = sample_files(2, seed=31)
+    # a passing glitch (two concurrent uploads creating one storage folder): sent again
+    with FaultyProxy(sandbox.http_port, ["storage"]) as proxy:
+        with Orthanc(proxy.url, auth=sandbox.auth, retries=2) as client:
+            report = client.upload(first, progress=False)
+            assert report.counts["stored"] == 1, report
+            assert client.request_count == 2
+        assert proxy.applied[:2] == ["storage", "pass"]
+    # a lasting one (a full disk): every attempt fails, and the report says why
+    with FaultyProxy(sandbox.http_port, ["storage"] * 3) as proxy:
+        with Orthanc(proxy.url, auth=sandbox.auth, retries=2) as client:
+            report = client.upload(second, progress=False)
+            assert client.request_count == 3
+    (item,) = report.failed
+    assert "Unable to create a subdirectory or a file in the file storage" in (item.error or "")
+    assert target.statistics()["CountInstances"] == 1
+
+
+@pytest.mark.live_only
+def test_channel_reconnects_after_the_server_closes_an_idle_connection(servers: Servers) -> None:
+    target = servers.new()
+    (_, first), (_, second) = sample_files(2, seed=32)
+    with target._transport.channel() as channel:
+        channel.send("POST", "/instances", first, content_type="application/dicom")
+        before = target.request_count
+        time.sleep(1.5)  # Orthanc closes keep-alive connections idle for 1 s
+        answer = channel.send("POST", "/instances", second, content_type="application/dicom")
+    assert b'"Success"' in answer
+    assert target.request_count == before + 1  # a fresh connection, not a failed attempt
+    assert target.statistics()["CountInstances"] == 2
+
+
+def test_an_idle_socket_closed_by_the_peer_is_noticed() -> None:
+    from kkorthanc._transport import _closed_by_peer
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert not _closed_by_peer(ours)
+        theirs.close()
+        assert _closed_by_peer(ours)
+    assert not _closed_by_peer(None)
