@@ -6,6 +6,11 @@ disturbed by whatever else runs on the machine) and the median, and the ratios a
 of per-round ratios, so that load drifting during the run affects both sides alike. Export is
 measured against a raw 4-thread ``GET /instances/{id}/file`` loop on one loaded server.
 
+It also reads the CPU time Orthanc (from ``/proc``) and this process spent per file. When
+client and server share the machine's cores, a parallel upload cannot go faster than
+``cores / (server CPU + client CPU)`` files per second, while a sequential client such as
+pyorthanc's takes its full round trip per file; the ratio of the two bounds any speed-up.
+
     python bench/transfer.py [--rounds 4] [--patients 25]
 
 Exits 0; prints the figures and whether the targets are met.
