@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import select
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ import pydantic_core
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.util.wait import wait_for_read
 
 from .errors import (
     OrthancConnectionError,
@@ -502,10 +502,9 @@ def _closed_by_peer(sock: object) -> bool:
     if not isinstance(sock, socket.socket):
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        return wait_for_read(sock, timeout=0.0)
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _clean_params(params: Params | None) -> dict[str, str] | None:
