@@ -788,7 +788,7 @@ def upload(
             loops end), a ``.zip``/``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2`` archive (members
             read from the archive; archives found in folders are expanded too, archives inside
             archives are not), ``bytes``, a pydicom ``Dataset``, or an iterable of these.
-        workers: concurrent uploads (the client's connection pool holds 16).
+        workers: concurrent uploads, each on a keep-alive connection of its own.
         progress: show a tqdm progress bar (a widget in notebooks); needs the ``progress``
             extra, and ``False`` works without it.
         max_member_size: files and archive members larger than this are rejected unread
