@@ -7,6 +7,8 @@ connections are piped through untouched. Faults:
 - ``"503"``: read the request, answer ``503 Service Unavailable`` and close.
 - ``"swallow"``: forward the request, let the server answer, then close the connection
   without passing the answer on (the server did the work; the client can't know).
+- ``"cut"``: forward the request, then pass on the answer's headers and only half of its
+  body before closing (a connection lost in the middle of a download).
 - ``"storage"``: read the request and answer 500 with the error body Orthanc sends when it
   cannot write to its storage folder, then close.
 """
@@ -113,6 +115,11 @@ class FaultyProxy:
                 if fault == "swallow":
                     upstream.sendall(read_message(conn))
                     read_message(upstream)
+                    return
+                if fault == "cut":
+                    upstream.sendall(read_message(conn))
+                    head, _, body = read_message(upstream).partition(b"\r\n\r\n")
+                    conn.sendall(head + b"\r\n\r\n" + body[: len(body) // 2])
                     return
                 self._pipe(conn, upstream)
 

@@ -685,3 +685,33 @@ def test_an_idle_socket_closed_by_the_peer_is_noticed() -> None:
         theirs.close()
         assert _closed_by_peer(ours)
     assert not _closed_by_peer(None)
+
+
+@pytest.mark.live_only
+def test_a_download_cut_in_the_middle_is_fetched_again_or_leaves_nothing(
+    servers: Servers, tmp_path: Path
+) -> None:
+    from kkorthanc import OrthancConnectionError
+
+    from ._proxy import FaultyProxy
+
+    target = servers.new()
+    sandbox = servers.sandbox_of(target)
+    ((_, data),) = sample_files(1, seed=33)
+    instance_id = target.upload(data, progress=False).instance_ids[0]
+    with FaultyProxy(sandbox.http_port, ["pass", "cut"]) as proxy:
+        with Orthanc(proxy.url, auth=sandbox.auth, retries=2) as client:
+            instance = client.instance(instance_id)
+            client._transport.session.close()  # the download opens the next connection
+            before = client.request_count
+            saved = instance.save(tmp_path / "one.dcm")
+            assert client.request_count == before + 2
+        assert proxy.applied[:3] == ["pass", "cut", "pass"]
+    assert saved.read_bytes() == data
+    with FaultyProxy(sandbox.http_port, ["pass"] + ["cut"] * 3) as proxy:
+        with Orthanc(proxy.url, auth=sandbox.auth, retries=2) as client:
+            instance = client.instance(instance_id)
+            client._transport.session.close()
+            with pytest.raises(OrthancConnectionError, match="broke during the download"):
+                instance.save(tmp_path / "two.dcm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.dcm"]  # no partial file
