@@ -48,6 +48,10 @@ Params = Mapping[str, str | int | float | bool | None]
 
 #: statuses that mean "try again later" for a request that is safe to repeat
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: Orthanc's ``OrthancStatus`` for "Unable to create a subdirectory or a file in the file
+#: storage": Orthanc 1.10 answers it (with 500) when two concurrent uploads create the same
+#: storage folder at once, and the same request then goes through
+FILE_STORAGE_CANNOT_WRITE = 2001
 #: methods that are safe to repeat; POST /instances is added by path (Orthanc de-duplicates)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 120.0)
@@ -75,7 +79,8 @@ class Transport:
         token: a bearer token, sent as ``Authorization: Bearer ...``.
         timeout: seconds, or ``(connect, read)`` seconds.
         retries: how many times a request that is safe to repeat is sent again after a
-            connection failure or a 502/503/504 answer.
+            connection failure, a 502/503/504 answer, or a storage file Orthanc could not
+            write (500 with ``FileStorageCannotWrite``).
         backoff: first delay between retries in seconds; doubles each time.
         verify: TLS certificate verification, as in :mod:`requests`.
     """
@@ -108,7 +113,7 @@ class Transport:
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        # headers of the lean binary path, which bypasses the session's own handling
+        # headers of the upload channels, which bypass the session's own handling
         self._fast_headers: dict[str, str] = {"Accept": "application/json"}
         self._base_path = parts.path.rstrip("/")
         if auth is not None:
@@ -154,7 +159,8 @@ class Transport:
         """Send one request and return the response, or raise an :class:`OrthancError`.
 
         ``repeatable`` says whether the request may be sent again after a dropped connection
-        or a 502/503/504; by default GET-like methods and ``POST /instances`` are.
+        or a 502/503/504 (or 500 ``FileStorageCannotWrite``); by default GET-like methods and
+        ``POST /instances`` are.
         """
         method = method.upper()
         url = self.url_for(path)
@@ -183,75 +189,12 @@ class Transport:
 
         return self._retrying(method, path, repeatable, send, answer)
 
-    def send_bytes(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        *,
-        content_type: str,
-        repeatable: bool | None = None,
-    ) -> bytes:
-        """Send a binary body and return the answer's body: the lean path for bulk uploads.
-
-        It goes straight to the session's connection pool and skips the per-request work
-        of :meth:`request` (cookie and hook handling, header merging), which is most of the
-        client's CPU time when thousands of small files are posted. Retries, error mapping
-        and request counting are the same.
-        """
-        method = method.upper()
-        if self.base_url.startswith("https:"):
-            # TLS settings (verify, client certificates) live in the session's adapter
-            response = self.request(
-                method,
-                path,
-                data=body,
-                headers={"Content-Type": content_type},
-                repeatable=repeatable,
-            )
-            return response.content
-        pool = self._pool()
-        headers = {**self._fast_headers, "Content-Type": content_type}
-        connect, read = (
-            self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
-        )
-        timeout = urllib3.Timeout(connect=connect, read=read)
-
-        def send() -> urllib3.BaseHTTPResponse:
-            return pool.urlopen(
-                method,
-                self._base_path + path,
-                body=body,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                timeout=timeout,
-                preload_content=True,
-                assert_same_host=False,
-            )
-
-        def answer(response: urllib3.BaseHTTPResponse) -> _Answer:
-            return _Answer(
-                response.status,
-                response.headers.get("Retry-After"),
-                lambda: response.data,
-                response.release_conn,
-            )
-
-        return self._retrying(method, path, repeatable, send, answer).data
-
     def channel(self) -> BinaryChannel:
         """A connection of its own for one thread's stream of binary uploads.
 
         See :class:`BinaryChannel`; close it when the thread is done.
         """
         return BinaryChannel(self)
-
-    def _pool(self) -> urllib3.HTTPConnectionPool:
-        adapter = self.session.get_adapter(self.base_url)
-        assert isinstance(adapter, HTTPAdapter)
-        pool: urllib3.HTTPConnectionPool = adapter.poolmanager.connection_from_url(self.base_url)
-        return pool
 
     def _retrying(
         self,
@@ -286,7 +229,7 @@ class Transport:
                     continue
                 raise _transport_error(method, path, self.base_url, exc) from exc
             info = answer(response)
-            if info.status in RETRY_STATUSES and repeatable and attempt < self.retries:
+            if repeatable and attempt < self.retries and _asks_to_retry(info):
                 info.close()
                 attempt += 1
                 self.pause_before_retry(attempt, info.retry_after)
@@ -403,10 +346,10 @@ class BinaryChannel:
     Bulk uploads post thousands of small files, and then the client's own CPU time per
     request matters: it competes with the server for the same cores when both run on one
     machine. A plain :class:`http.client.HTTPConnection` that the thread keeps for itself
-    costs about a third less CPU per request than the pooled path of :meth:`Transport.send_bytes`
-    (no pool checkout, no second response object). Retries, error mapping and request
-    counting are the transport's. HTTPS servers go through :meth:`Transport.send_bytes`,
-    where the session's TLS settings live.
+    costs about a third less CPU per request than the session's pooled path (no pool
+    checkout, no second response object, no cookie or hook handling). Retries, error mapping
+    and request counting are the transport's. HTTPS uploads go through
+    :meth:`Transport.request`, where the session's TLS settings live.
 
     Not thread-safe: give each worker thread its own channel, and close it when done.
     """
@@ -436,9 +379,13 @@ class BinaryChannel:
         transport = self._transport
         method = method.upper()
         if not self._plain:
-            return transport.send_bytes(
-                method, path, body, content_type=content_type, repeatable=repeatable
-            )
+            return transport.request(
+                method,
+                path,
+                data=body,
+                headers={"Content-Type": content_type},
+                repeatable=repeatable,
+            ).content
         target = transport._base_path + path
         headers = {**transport._fast_headers, "Content-Type": content_type}
 
@@ -491,6 +438,21 @@ class BinaryChannel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _asks_to_retry(info: _Answer) -> bool:
+    """Whether an answer means "send it again later": 502/503/504, or a 500 for a storage
+    file Orthanc could not write (a race between concurrent uploads; a full disk fails every
+    attempt and is reported after the retries)."""
+    if info.status in RETRY_STATUSES:
+        return True
+    if info.status != 500:
+        return False
+    try:
+        body = json.loads(info.content())
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("OrthancStatus") == FILE_STORAGE_CANNOT_WRITE
 
 
 def _nothing() -> None:

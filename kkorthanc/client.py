@@ -108,7 +108,7 @@ class Orthanc:
         token: a bearer token instead of basic authentication.
         timeout: seconds, or ``(connect, read)`` seconds.
         retries: retries of requests that are safe to repeat (GET, ``POST /instances``) after
-            a dropped connection or a 502/503/504.
+            a dropped connection, a 502/503/504, or a storage file Orthanc could not write.
         verify: TLS verification, as in :mod:`requests`.
 
     Use it as a context manager, or call :meth:`close`.

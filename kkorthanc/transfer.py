@@ -90,8 +90,6 @@ DEFAULT_LAYOUT = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanc
 DEFAULT_MAX_MEMBER_SIZE = 2 * 1024**3
 #: Consecutive "server unreachable" failures after which :func:`upload` stops sending.
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 32
-#: Orthanc's ``OrthancStatus`` for "Unable to create a subdirectory or a file in the file storage"
-FILE_STORAGE_CANNOT_WRITE = 2001
 
 #: File names that are never DICOM instances, reported as rejected without being read.
 JUNK_NAMES = frozenset({"dicomdir", ".ds_store", "thumbs.db", "desktop.ini"})
@@ -683,7 +681,7 @@ class _Uploader:
         if self.tripped is not None:
             return UploadItem(task.source, "failed", size=size, error=self.tripped)
         try:
-            content = self._post(channel, data)
+            content = channel.send("POST", "/instances", data, content_type="application/dicom")
         except (Unauthorized, Forbidden):
             raise
         except NotFound as exc:
@@ -728,25 +726,6 @@ class _Uploader:
             size=size,
             error=None if status in ("stored", "already_stored") else f"server status {state}",
         )
-
-    def _post(self, channel: BinaryChannel, data: bytes) -> bytes:
-        """``POST /instances``, sent again when Orthanc could not write the file.
-
-        Orthanc 1.10 can fail to create a storage subfolder that a concurrent upload is
-        creating at the same moment, and answers 500 with ``FileStorageCannotWrite``; the
-        same file then goes through. A full disk fails every attempt and is reported.
-        """
-        attempt = 0
-        while True:
-            try:
-                return channel.send("POST", "/instances", data, content_type="application/dicom")
-            except ServerError as exc:
-                if exc.orthanc_status != FILE_STORAGE_CANNOT_WRITE:
-                    raise
-                if attempt >= self.transport.retries:
-                    raise
-                attempt += 1
-                self.transport.pause_before_retry(attempt)
 
     def _refused(self, task: _Task, size: int, exc: OrthancHTTPError) -> UploadItem:
         self._reset()
