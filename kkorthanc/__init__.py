@@ -7,42 +7,48 @@
 
 from .client import Orthanc, SystemInfo
 from .errors import (
+    AmbiguousIdentifier,
     BadRequest,
     Conflict,
+    EchoFailed,
+    ExportFailed,
+    FindFailed,
     Forbidden,
     InvalidRequest,
     JobFailed,
     JobTimeout,
+    ModalityError,
+    NoResultingResource,
     NotFound,
+    NotInForest,
     OrthancConnectionError,
     OrthancError,
     OrthancHTTPError,
     OrthancTimeout,
+    QueryError,
+    SandboxError,
     ServerError,
+    StoreFailed,
+    TransferFailed,
     Unauthorized,
+    UnknownKeyword,
+    UnknownModality,
     UnsupportedByServer,
+    UploadFailed,
     ValidationFailed,
 )
-from .forest import NotInForest, PatientForest, UpdateReport, build_patient_forest
+from .forest import PatientForest, UpdateReport, build_patient_forest
 from .jobs import Job
-from .modalities import (
-    EchoFailed,
-    FindAnswer,
-    FindFailed,
-    Modality,
-    ModalityError,
-    StoreFailed,
-    StoreReport,
-    UnknownModality,
-)
+from .modalities import FindAnswer, Modality, StoreReport
 from .models import Instance, Patient, Resource, Series, Study, orthanc_id
-from .query import QueryError, UnknownKeyword
+from .server import Server
 from .tags import PersonName
-from .transfer import ExportFailed, ExportReport, UploadFailed, UploadItem, UploadReport
+from .transfer import ExportReport, UploadItem, UploadReport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousIdentifier",
     "BadRequest",
     "Conflict",
     "EchoFailed",
@@ -58,6 +64,7 @@ __all__ = [
     "JobTimeout",
     "Modality",
     "ModalityError",
+    "NoResultingResource",
     "NotFound",
     "NotInForest",
     "Orthanc",
@@ -70,12 +77,15 @@ __all__ = [
     "PersonName",
     "QueryError",
     "Resource",
+    "SandboxError",
     "Series",
+    "Server",
     "ServerError",
     "StoreFailed",
     "StoreReport",
     "Study",
     "SystemInfo",
+    "TransferFailed",
     "Unauthorized",
     "UnknownKeyword",
     "UnknownModality",

@@ -9,7 +9,7 @@ from pydantic import BaseModel, PrivateAttr, ValidationError
 from .errors import ValidationFailed
 
 if TYPE_CHECKING:
-    from .client import Orthanc
+    from .server import Server
 
 S = TypeVar("S", bound="ServerObject")
 
@@ -17,21 +17,21 @@ S = TypeVar("S", bound="ServerObject")
 class ServerObject(BaseModel):
     """A model read from a server, keeping the client it came from for later requests."""
 
-    _client: Orthanc | None = PrivateAttr(default=None)
+    _client: Server | None = PrivateAttr(default=None)
 
     def _label(self) -> str:
         """How messages name this object, e.g. ``job 1234``."""
         return type(self).__name__
 
     @property
-    def client(self) -> Orthanc:
+    def client(self) -> Server:
         """The client this object came from (raises if it was built without one)."""
         if self._client is None:
             raise RuntimeError(f"{self._label()} is not attached to a client")
         return self._client
 
     @classmethod
-    def _attached(cls: type[S], data: Any, client: Orthanc | None, what: str) -> S:
+    def _attached(cls: type[S], data: Any, client: Server | None, what: str) -> S:
         """Validate ``data`` into a model attached to ``client``; ``what`` names it in errors."""
         try:
             obj = cls.model_validate(data)

@@ -8,6 +8,7 @@ request it sends, so that tests can assert how many round trips an operation cos
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import socket
@@ -42,6 +43,40 @@ class _Answer(NamedTuple):
     retry_after: str | None
     content: Callable[[], bytes]
     close: Callable[[], None]
+
+
+class Reply(NamedTuple):
+    """A complete answer of the server: what callers outside the transport get to see."""
+
+    method: str
+    """The request's method."""
+    path: str
+    """The request's server path, e.g. ``/instances``."""
+    status: int
+    """The HTTP status (always below 400: error statuses are raised)."""
+    headers: Mapping[str, str]
+    """The answer's headers (case-insensitive lookup)."""
+    content: bytes
+    """The answer's body."""
+
+    def json(self) -> Any:
+        """The body decoded as JSON, ``None`` when empty.
+
+        Raises:
+            OrthancConnectionError: the body is not JSON.
+        """
+        if not self.content:
+            return None
+        try:
+            return json.loads(self.content)
+        except ValueError as exc:
+            raise OrthancConnectionError(
+                f"{self.method} {self.path}: the server's answer is not JSON"
+            ) from exc
+
+
+class _BrokenBody(Exception):
+    """The connection broke while an answer's body was being read."""
 
 
 Params = Mapping[str, str | int | float | bool | None]
@@ -125,6 +160,9 @@ class Transport:
             self._fast_headers["Authorization"] = f"Bearer {token}"
         self._lock = threading.Lock()
         self._count = 0
+        material = repr((auth, token))
+        self.fingerprint = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
+        """A one-way digest of the credentials: equal for equal credentials, never reversible."""
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -152,17 +190,91 @@ class Transport:
         json_body: Any = None,
         data: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
-        stream: bool = False,
         timeout: Timeout | None = None,
         repeatable: bool | None = None,
-    ) -> requests.Response:
-        """Send one request and return the response, or raise an :class:`OrthancError`.
+    ) -> Reply:
+        """Send one request and return the whole answer, or raise an :class:`OrthancError`.
 
         ``repeatable`` says whether the request may be sent again after a dropped connection
         or a 502/503/504 (or 500 ``FileStorageCannotWrite``); by default GET-like methods and
         ``POST /instances`` are.
         """
         method = method.upper()
+        response = self._send(
+            method,
+            path,
+            params=params,
+            json_body=json_body,
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            repeatable=repeatable,
+        )
+        try:
+            content = response.content
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise _transport_error(method, path, self.base_url, exc) from exc
+        return Reply(method, path, response.status_code, response.headers, content)
+
+    def download(
+        self,
+        method: str,
+        path: str,
+        sink: Callable[[Iterator[bytes]], _R],
+        *,
+        json_body: Any = None,
+        long: bool = False,
+    ) -> _R:
+        """Stream an answer's body into ``sink`` and return what ``sink`` returns.
+
+        ``sink`` gets an iterator of chunks; when the connection breaks mid-body, the
+        iterator raises, ``sink`` is expected to clean up what it wrote and let the error
+        pass, and the request is sent again (with the backoff, up to ``retries`` times) to
+        a fresh call of ``sink``. Errors that ``sink`` raises itself (a full disk) are not
+        retried. ``long`` allows up to an hour for the first byte (archives are built
+        before they are sent).
+        """
+        method = method.upper()
+        timeout: Timeout | None = None
+        if long:
+            connect = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
+            timeout = (connect, 3600.0)
+        attempt = 0
+        while True:
+            response = self._send(
+                method,
+                path,
+                json_body=json_body,
+                stream=True,
+                timeout=timeout,
+                repeatable=True,
+            )
+            try:
+                return sink(_body_chunks(response))
+            except _BrokenBody as broken:
+                exc = broken.__cause__ or broken
+                if attempt >= self.retries:
+                    raise OrthancConnectionError(
+                        f"{method} {path}: the connection broke during the download ({exc})"
+                    ) from exc
+                attempt += 1
+                self.pause_before_retry(attempt)
+            finally:
+                response.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json_body: Any = None,
+        data: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        timeout: Timeout | None = None,
+        repeatable: bool | None = None,
+    ) -> requests.Response:
         url = self.url_for(path)
         body: bytes | str | None = data
         if json_body is not None:
@@ -240,19 +352,19 @@ class Transport:
 
     def get_json(self, path: str, params: Params | None = None) -> Any:
         """``GET path`` and decode the JSON answer."""
-        return _decode(self.request("GET", path, params=params))
+        return self.request("GET", path, params=params).json()
 
     def post_json(self, path: str, body: Any = None, *, repeatable: bool | None = None) -> Any:
         """``POST path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
-        return _decode(self.request("POST", path, json_body=body, repeatable=repeatable))
+        return self.request("POST", path, json_body=body, repeatable=repeatable).json()
 
     def put_json(self, path: str, body: Any = None) -> Any:
         """``PUT path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
-        return _decode(self.request("PUT", path, json_body=body))
+        return self.request("PUT", path, json_body=body).json()
 
     def delete(self, path: str) -> Any:
         """``DELETE path``."""
-        return _decode(self.request("DELETE", path))
+        return self.request("DELETE", path).json()
 
     def iter_pages(
         self,
@@ -483,17 +595,12 @@ def _clean_params(params: Params | None) -> dict[str, str] | None:
     return out
 
 
-def _decode(response: requests.Response) -> Any:
-    content = response.content
-    if not content:
-        return None
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body in chunks of 1 MiB; a connection broken mid-body raises :class:`_BrokenBody`."""
     try:
-        return json.loads(content)
-    except ValueError as exc:
-        raise OrthancConnectionError(
-            f"{response.request.method} {urlsplit(response.url).path}: "
-            f"the server's answer is not JSON"
-        ) from exc
+        yield from response.iter_content(1 << 20)
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _BrokenBody() from exc
 
 
 def _never_sent(exc: BaseException) -> bool:

@@ -1,25 +1,22 @@
-"""The :class:`Orthanc` facade: server info, capability gates, listings, lookups, entry points.
+"""The :class:`Orthanc` facade: typed listings, lookups and the entry points users call.
 
-Everything that goes over the wire passes through :class:`kkorthanc._transport.Transport`;
-this module turns answers into typed models.
+The wire-level part (requests, paging, the change feed, capability gates) is the
+:class:`~kkorthanc.server.Server` this class extends; this module turns answers into typed
+models and hands the rest to the modules that own each operation.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from ._transport import DEFAULT_TIMEOUT, Timeout, Transport
-from .errors import UnsupportedByServer
+from ._transport import DEFAULT_TIMEOUT, Timeout
 from .models import Instance, Patient, Resource, Series, Study, level_class
+from .server import FEATURES, Capabilities, Requirement, Server, SystemInfo, chunks
 
 if TYPE_CHECKING:
-    from .forest import ChangePage
     from .jobs import Job
     from .modalities import Modality
     from .transfer import ExportReport, UploadReport
@@ -27,77 +24,7 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=Resource)
 
 
-class Capabilities(BaseModel):
-    """Optional server features announced in ``/system`` (absent on older servers)."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
-
-    has_extended_find: bool = Field(default=False, alias="HasExtendedFind")
-    """The database supports ordering, metadata queries and response content in find."""
-    has_extended_changes: bool = Field(default=False, alias="HasExtendedChanges")
-    """The change feed can be filtered by type and read backwards."""
-    has_labels: bool = Field(default=False, alias="HasLabels")
-    """The database stores labels."""
-
-
-class SystemInfo(BaseModel):
-    """What ``GET /system`` says about the server."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
-
-    name: str = Field(default="", alias="Name")
-    """The server's configured name."""
-    version: str = Field(alias="Version")
-    """Orthanc version, e.g. ``1.10.1``."""
-    api_version: int = Field(alias="ApiVersion")
-    """REST API version: 16 for 1.10.x, 20 for 1.12.0, ..."""
-    dicom_aet: str = Field(default="", alias="DicomAet")
-    """The server's own DICOM application entity title."""
-    dicom_port: int | None = Field(default=None, alias="DicomPort")
-    """The DICOM port the server listens on."""
-    http_port: int | None = Field(default=None, alias="HttpPort")
-    """The HTTP port the server listens on."""
-    database_version: int | None = Field(default=None, alias="DatabaseVersion")
-    """Schema version of the index database."""
-    database_backend_plugin: str | None = Field(default=None, alias="DatabaseBackendPlugin")
-    """Path of the database plugin, ``None`` for the built-in SQLite index."""
-    storage_area_plugin: str | None = Field(default=None, alias="StorageAreaPlugin")
-    """Path of the storage plugin, ``None`` for the built-in file storage."""
-    plugins_enabled: bool = Field(default=False, alias="PluginsEnabled")
-    """Whether the server loads plugins."""
-    check_revisions: bool = Field(default=False, alias="CheckRevisions")
-    """Whether metadata and attachments are protected by revisions."""
-    capabilities: Capabilities = Field(default_factory=Capabilities, alias="Capabilities")
-    """Optional features of the server's database."""
-
-
-class Requirement(NamedTuple):
-    """What a feature needs: a minimum REST API version and optionally a capability."""
-
-    api_version: int
-    orthanc: str
-    capability: str | None = None
-
-
-#: Features that an older server silently ignores instead of refusing: each is checked
-#: against ``/system`` before anything is sent.
-FEATURES: dict[str, Requirement] = {
-    "RequestedTags": Requirement(17, "1.11.0"),
-    "Labels": Requirement(20, "1.12.0"),
-    "LabelsConstraint": Requirement(20, "1.12.0"),
-    "OrderBy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "MetadataQuery": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentPatient": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentStudy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentSeries": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ResponseContent": Requirement(
-        26, "1.12.5 with an extended-find database", "has_extended_find"
-    ),
-    "numpy": Requirement(16, "1.10.0"),
-}
-
-
-class Orthanc:
+class Orthanc(Server):
     """A client for one Orthanc server.
 
     Args:
@@ -131,32 +58,11 @@ class Orthanc:
             password = os.environ.get("ORTHANC_PASSWORD")
             if user is not None and password is not None:
                 auth = (user, password)
-        self._transport = Transport(
+        super().__init__(
             url, auth=auth, token=token, timeout=timeout, retries=retries, verify=verify
         )
-        self._system: SystemInfo | None = None
-        self._system_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The server URL, without credentials."""
-        return self._transport.base_url
-
-    @property
-    def username(self) -> str | None:
-        """The user name sent to the server, if any."""
-        return self._transport.username
-
-    @property
-    def request_count(self) -> int:
-        """HTTP requests this client has sent (retries included): the cost of what it did."""
-        return self._transport.request_count
-
-    def close(self) -> None:
-        """Close pooled connections."""
-        self._transport.close()
 
     def __enter__(self) -> Orthanc:
         return self
@@ -170,38 +76,9 @@ class Orthanc:
 
     # -- server info and gates -----------------------------------------------------------------
 
-    @property
-    def system(self) -> SystemInfo:
-        """Server name, version and capabilities (``GET /system``), fetched once."""
-        if self._system is None:
-            with self._system_lock:
-                if self._system is None:
-                    self._system = SystemInfo.model_validate(self._transport.get_json("/system"))
-        return self._system
-
-    def supports(self, feature: str) -> bool:
-        """Whether the server honours ``feature`` (a key of :data:`FEATURES`)."""
-        need = FEATURES[feature]
-        info = self.system
-        if info.api_version < need.api_version:
-            return False
-        return need.capability is None or bool(getattr(info.capabilities, need.capability))
-
-    def require(self, feature: str) -> None:
-        """Raise :class:`UnsupportedByServer` unless the server honours ``feature``.
-
-        Every request field that an older Orthanc would silently ignore goes through here.
-        """
-        if feature not in FEATURES:
-            raise KeyError(f"unknown feature {feature!r}; known: {', '.join(sorted(FEATURES))}")
-        if not self.supports(feature):
-            need = FEATURES[feature]
-            info = self.system
-            raise UnsupportedByServer(feature, need.orthanc, info.version, info.api_version)
-
     def statistics(self) -> dict[str, Any]:
         """Counts and disk usage of the whole server (``GET /statistics``), one request."""
-        result: dict[str, Any] = self._transport.get_json("/statistics")
+        result: dict[str, Any] = self.get_json("/statistics")
         return result
 
     # -- listings ------------------------------------------------------------------------------
@@ -231,7 +108,7 @@ class Orthanc:
         across level boundaries too.
         """
         by_path = {f"/{cls.collection}": cls for cls in levels}
-        for path, page in self._transport.iter_listings(
+        for path, page in self.iter_listings(
             list(by_path), page_size=page_size, prefetch=prefetch
         ):
             yield by_path[path], page
@@ -280,10 +157,10 @@ class Orthanc:
 
         ``POST /tools/lookup``, then one ``GET`` per match (usually one).
         """
-        response = self._transport.request(
-            "POST", "/tools/lookup", data=value.encode("utf-8"), repeatable=True
+        reply = self.post_bytes(
+            "/tools/lookup", value.encode("utf-8"), repeatable=True
         )
-        matches = response.json() if response.content else []
+        matches = reply.json() or []
         found: list[Resource] = []
         for match in matches:
             cls = level_class(str(match["Type"]))
@@ -291,11 +168,7 @@ class Orthanc:
         return found
 
     def _get_resource(self, cls: type[R], id: str) -> R:
-        return cls.from_orthanc(self._transport.get_json(f"/{cls.collection}/{id}"), self)
-
-    def _children(self, parent: Resource, cls: type[R], route: str) -> list[R]:
-        data = self._transport.get_json(f"{parent.path}/{route}")
-        return [cls.from_orthanc(item, self) for item in data]
+        return cls.fetch(self, id)
 
     # -- entry points to other modules -------------------------------------------------------------
 
@@ -367,26 +240,7 @@ class Orthanc:
 
         return _modalities.get_modality(self, name)
 
-    # -- change feed and bulk reads ----------------------------------------------------------------
-
-    def last_change(self) -> int:
-        """The newest sequence number of the change feed (``GET /changes?last``), one request."""
-        answer = self._transport.get_json("/changes", {"last": ""})
-        return int(answer.get("Last") or 0) if isinstance(answer, dict) else 0
-
-    def changes(self, since: int = 0, limit: int = 1000) -> ChangePage:
-        """One page of the change feed: the changes after sequence number ``since``.
-
-        ``GET /changes?since=N&limit=M``, one request. Page on with ``since=page.last``
-        until ``page.done``. Orthanc logs new, stable, modified and updated resources;
-        it does not log deletions.
-        """
-        from .forest import ChangePage
-
-        if since < 0 or limit < 1:
-            raise ValueError(f"changes() needs since >= 0 and limit >= 1, not {since}, {limit}")
-        answer = self._transport.get_json("/changes", {"since": since, "limit": limit})
-        return ChangePage.model_validate(answer)
+    # -- bulk reads ----------------------------------------------------------------------------
 
     def get_many(
         self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
@@ -400,25 +254,17 @@ class Orthanc:
         """
         return [
             level_class(str(item.get("Type"))).from_orthanc(item, self)
-            for item in self._bulk_json(ids, level=level, chunk_size=chunk_size)
+            for item in self.bulk_json(
+                ids, level=level_class(level).level if level else None, chunk_size=chunk_size
+            )
         ]
 
-    def _bulk_json(
-        self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
-    ) -> list[dict[str, Any]]:
-        """Expanded JSON of many resources, in the order the server sends them (see get_many)."""
-        wanted = sorted(set(ids))  # sorted: the same request bodies every time
-        found: list[dict[str, Any]] = []
-        for part in chunks(wanted, max(1, chunk_size)):
-            body: dict[str, Any] = {"Resources": list(part)}
-            if level is not None:
-                body["Level"] = level_class(level).level
-            answer = self._transport.post_json("/tools/bulk-content", body, repeatable=True)
-            found.extend(item for item in answer or () if isinstance(item, dict))
-        return found
 
-
-def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    """Split a sequence into slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+__all__ = [
+    "FEATURES",
+    "Capabilities",
+    "Orthanc",
+    "Requirement",
+    "SystemInfo",
+    "chunks",
+]

@@ -6,7 +6,11 @@ status, the method, the URL (credentials removed) and the fields of Orthanc's JS
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .transfer import ExportItem, ExportReport, UploadItem, UploadReport
 
 
 class OrthancError(Exception):
@@ -49,6 +53,9 @@ class UnsupportedByServer(OrthancError):
             f"(REST API {api_version})"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.feature, self.needed, self.server_version, self.api_version))
+
 
 class OrthancHTTPError(OrthancError):
     """The server answered with an HTTP error status.
@@ -76,6 +83,7 @@ class OrthancHTTPError(OrthancError):
         self.method = method
         self.url = url
         self.body = body
+        self._text = text
         fields = body or {}
         self.orthanc_error: str | None = _str_or_none(fields.get("OrthancError"))
         raw_status = fields.get("OrthancStatus")
@@ -89,6 +97,9 @@ class OrthancHTTPError(OrthancError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.args[0]!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status, self.method, self.url, self.body, self._text))
 
 
 class BadRequest(OrthancHTTPError):
@@ -126,9 +137,172 @@ class JobFailed(OrthancError):
         why = details or description or "no reason given"
         super().__init__(f"job {job_id} failed: {why}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.error_code, self.description, self.details))
+
 
 class JobTimeout(OrthancError, TimeoutError):
     """A job did not finish within the time allowed."""
+
+
+class NoResultingResource(OrthancError):
+    """A job finished without producing a resource (e.g. a C-STORE job)."""
+
+
+# -- refused before sending ---------------------------------------------------------------------
+
+
+class QueryError(InvalidRequest):
+    """A query that cannot be answered as written: the message says which part and why.
+
+    Raised before any request is sent, by the server and the local engine alike.
+    """
+
+
+class UnknownKeyword(QueryError):
+    """A tag name that is not a main DICOM tag keyword; ``suggestions`` holds close matches."""
+
+    def __init__(self, name: str, suggestions: Sequence[str]) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {' or '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(
+            f"unknown tag {name!r}: queries take the keyword (PatientName), snake_case name "
+            f"(patient_name) or number (0010,0010) of a main DICOM tag{hint}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.suggestions))
+
+
+# -- the forest ---------------------------------------------------------------------------------
+
+
+class NotInForest(OrthancError, KeyError):
+    """The forest holds no resource with this identifier."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousIdentifier(OrthancError, LookupError):
+    """Several resources share this identifier (e.g. one StudyInstanceUID under two PatientIDs).
+
+    Attributes:
+        matches: every resource with the identifier.
+    """
+
+    def __init__(self, message: str, matches: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.matches = tuple(matches)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.matches))
+
+
+# -- remote modalities --------------------------------------------------------------------------
+
+
+class ModalityError(OrthancError):
+    """A DICOM operation with a remote modality failed.
+
+    Attributes:
+        modality: the modality's name on the server.
+        operation: ``C-ECHO``, ``C-FIND`` or ``C-STORE``.
+        reason: Orthanc's explanation (e.g. ``... TCP Initialization Error: Connection
+            refused``).
+        status: the HTTP status the server answered with.
+    """
+
+    operation: str = "DICOM operation"
+
+    def __init__(self, modality: str, reason: str, status: int | None = None) -> None:
+        self.modality = modality
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{self.operation} with modality {modality!r} failed: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.modality, self.reason, self.status))
+
+
+class EchoFailed(ModalityError):
+    """C-ECHO failed: the modality is unreachable or refused the association."""
+
+    operation = "C-ECHO"
+
+
+class FindFailed(ModalityError):
+    """C-FIND failed."""
+
+    operation = "C-FIND"
+
+
+class StoreFailed(ModalityError):
+    """C-STORE failed, or some instances were not accepted."""
+
+    operation = "C-STORE"
+
+
+class UnknownModality(OrthancError, LookupError):
+    """The server has no modality of that name."""
+
+
+# -- transfers ----------------------------------------------------------------------------------
+
+
+class _Described(Protocol):
+    @property
+    def label(self) -> str: ...
+
+
+class _Summary(Protocol):
+    @property
+    def total(self) -> int: ...
+
+
+class TransferFailed(OrthancError):
+    """Some items of an upload or export did not make it; ``report`` has the full story.
+
+    Attributes:
+        report: the whole report.
+        items: the items that failed.
+    """
+
+    verb = "transferred"
+
+    def __init__(self, report: Any, items: Sequence[Any]) -> None:
+        self.report = report
+        self.items = list(items)
+        count, total = len(self.items), report.total
+        shown = "; ".join(item.label for item in self.items[:10])
+        more = f"; and {count - 10} more" if count > 10 else ""
+        super().__init__(f"{count} of {total} items were not {self.verb}: {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.report, self.items))
+
+
+class UploadFailed(TransferFailed):
+    """Some items of an upload were not stored; ``report`` is the whole
+    :class:`~kkorthanc.transfer.UploadReport`, ``items`` those not stored."""
+
+    verb = "stored"
+    report: UploadReport
+    items: list[UploadItem]
+
+
+class ExportFailed(TransferFailed):
+    """Some instances of an export were not written; ``report`` is the whole
+    :class:`~kkorthanc.transfer.ExportReport`, ``items`` those that failed."""
+
+    verb = "written"
+    report: ExportReport
+    items: list[ExportItem]
+
+
+class SandboxError(OrthancError):
+    """A sandbox server could not be started."""
 
 
 STATUS_CLASSES: dict[int, type[OrthancHTTPError]] = {

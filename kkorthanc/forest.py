@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import hashlib
 import itertools
 import threading
 import types
@@ -48,24 +47,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TextIO, TypeVar, overload
 
 from cachetools import TTLCache
-from pydantic import BaseModel, ConfigDict, Field
 from pydantic.functional_validators import BeforeValidator
 
-from .errors import OrthancError
+from .errors import AmbiguousIdentifier, NotInForest, OrthancError
 from .models import (
     Instance,
-    OrthancTime,
     Patient,
     Resource,
     Series,
     Study,
     level_class,
 )
+from .server import Change, ChangePage
 
 if TYPE_CHECKING:
     import pandas
 
-    from .client import Orthanc
+    from .server import Server
 
 R = TypeVar("R", bound=Resource)
 
@@ -122,60 +120,6 @@ _UID_NAME: dict[type[Resource], str] = {
 
 
 # -- errors -----------------------------------------------------------------------------------
-
-
-class NotInForest(OrthancError, KeyError):
-    """The forest holds no resource with this identifier."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class AmbiguousIdentifier(OrthancError, LookupError):
-    """Several resources share this identifier (e.g. one StudyInstanceUID under two PatientIDs).
-
-    Attributes:
-        matches: every resource with the identifier.
-    """
-
-    def __init__(self, message: str, matches: Sequence[Resource]) -> None:
-        super().__init__(message)
-        self.matches = tuple(matches)
-
-
-# -- the change feed --------------------------------------------------------------------------
-
-
-class Change(BaseModel):
-    """One entry of Orthanc's change feed (``GET /changes``)."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
-
-    seq: int = Field(alias="Seq")
-    """Sequence number: increases with every logged change."""
-    change_type: str = Field(alias="ChangeType")
-    """``NewInstance``, ``NewSeries``, ``StableStudy``, ``UpdatedMetadata``, ..."""
-    resource_type: str = Field(alias="ResourceType")
-    """``Patient``, ``Study``, ``Series`` or ``Instance``."""
-    id: str = Field(alias="ID")
-    """Orthanc ID of the resource."""
-    path: str = Field(default="", alias="Path")
-    """REST path of the resource."""
-    date: OrthancTime = Field(default=None, alias="Date")
-    """When the change was logged (server time, naive)."""
-
-
-class ChangePage(BaseModel):
-    """One page of the change feed."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
-
-    changes: tuple[Change, ...] = Field(default=(), alias="Changes")
-    """The changes, oldest first."""
-    done: bool = Field(default=True, alias="Done")
-    """Whether this page reaches the end of the feed."""
-    last: int = Field(default=0, alias="Last")
-    """The sequence number to ask from next (``since=last``)."""
 
 
 # -- reports and counts -----------------------------------------------------------------------
@@ -366,7 +310,7 @@ def _plain_check(annotation: Any) -> Callable[[Any], Any] | None:
     return None
 
 
-_Build = Callable[[Any, "Orthanc | None", "defaultdict[Any, dict[str, Any]]"], Resource]
+_Build = Callable[[Any, "Server | None", "defaultdict[Any, dict[str, Any]]"], Resource]
 
 
 class _FieldPlan(NamedTuple):
@@ -500,7 +444,7 @@ class _Factory:
         return build
 
     def __call__(
-        self, data: Any, client: Orthanc | None, memos: defaultdict[Any, dict[str, Any]]
+        self, data: Any, client: Server | None, memos: defaultdict[Any, dict[str, Any]]
     ) -> Resource:
         """The model for one expanded JSON object (pydantic validation for odd input)."""
         if self.build is not None:
@@ -746,7 +690,7 @@ class PatientForest:
         page_size: resources per listing page.
     """
 
-    def __init__(self, client: Orthanc, depth: Depth, page_size: int, state: _State) -> None:
+    def __init__(self, client: Server, depth: Depth, page_size: int, state: _State) -> None:
         self.client = client
         self.depth: Depth = depth
         self.page_size = page_size
@@ -1050,7 +994,7 @@ def _link_level(
         state.unindex(orphan)
 
 
-def _load(client: Orthanc, depth: Depth, page_size: int) -> _State:
+def _load(client: Server, depth: Depth, page_size: int) -> _State:
     """List the levels down to ``depth`` and link them (see the module documentation)."""
     levels = LEVELS[: _DEPTHS[depth]]
     state = _State(levels)
@@ -1058,7 +1002,10 @@ def _load(client: Orthanc, depth: Depth, page_size: int) -> _State:
     groups: dict[type[Resource], dict[str, list[Resource]]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE:
-        for cls, page in client.iter_listing_pages(levels, page_size=page_size, prefetch=True):
+        by_path = {f"/{cls.collection}": cls for cls in levels}
+        listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
+        for path, page in listings:
+            cls = by_path[path]
             make = _FACTORIES[cls]
             build = make.build or make
             table = state.tables[cls]
@@ -1111,7 +1058,7 @@ def _check_page_size(page_size: int) -> int:
 
 
 def load_forest(
-    client: Orthanc, *, depth: str = "instance", page_size: int = DEFAULT_PAGE_SIZE
+    client: Server, *, depth: str = "instance", page_size: int = DEFAULT_PAGE_SIZE
 ) -> PatientForest:
     """Build a forest now, without the cache (see :func:`build_patient_forest`).
 
@@ -1152,7 +1099,7 @@ class _Updater:
         return self.forest._state
 
     @property
-    def client(self) -> Orthanc:
+    def client(self) -> Server:
         return self.forest.client
 
     def run(self) -> UpdateReport:
@@ -1289,7 +1236,7 @@ class _Updater:
             asked.update(batch)
             answer = {
                 str(item.get("ID")): item
-                for item in self.client._bulk_json(batch, chunk_size=BULK_CHUNK)
+                for item in self.client.bulk_json(batch, chunk_size=BULK_CHUNK)
             }
             for resource_id, up in sorted(batch.items()):
                 item = answer.get(resource_id)
@@ -1456,7 +1403,7 @@ class _Updater:
 
     def _reconcile(self) -> None:
         """Compare the counts with the server's; find what vanished (or was missed) by ID."""
-        stats = self.client.statistics()
+        stats = self.client.get_json("/statistics") or {}
         keys = ("CountPatients", "CountStudies", "CountSeries", "CountInstances")
         state = self.state
         for position, (cls, key) in enumerate(zip(LEVELS, keys, strict=True)):
@@ -1466,7 +1413,7 @@ class _Updater:
             have = _count(state, cls)
             if not isinstance(server, int) or have == server:
                 continue
-            on_server = self.client._transport.get_json(f"/{cls.collection}")
+            on_server = self.client.get_json(f"/{cls.collection}")
             if not isinstance(on_server, list):
                 raise OrthancError(f"GET /{cls.collection}: expected a JSON list of IDs")
             server_ids = {str(i) for i in on_server}
@@ -1524,7 +1471,7 @@ class ForestCache:
 
     def __call__(
         self,
-        client: Orthanc,
+        client: Server,
         *,
         depth: str = "instance",
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -1550,7 +1497,7 @@ class ForestCache:
         """
         checked = _check_depth(depth)
         size = _check_page_size(page_size)
-        key = (client.url, client.username, _fingerprint(client), checked, size)
+        key = (client.url, client.username, client.credentials_fingerprint, checked, size)
         if not refresh:
             cached = self._get(key)
             if cached is not None:
@@ -1601,13 +1548,6 @@ class ForestCache:
                 ttl if ttl is not None else float(self._cache.ttl),
             )
             self._building.clear()
-
-
-def _fingerprint(client: Orthanc) -> str:
-    """A one-way digest of the client's credentials: different credentials, different cache."""
-    session = client._transport.session
-    material = repr((session.auth, session.headers.get("Authorization")))
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
 
 
 build_patient_forest = ForestCache()

@@ -17,11 +17,19 @@ from pydantic import ConfigDict, Field
 
 from . import tags as _tags
 from ._base import ServerObject
-from .errors import InvalidRequest, JobFailed, JobTimeout, OrthancError, ValidationFailed
-from .models import Instance, OrthancTime, Resource, level_class
+from .errors import (
+    InvalidRequest,
+    JobFailed,
+    JobTimeout,
+    NoResultingResource,
+    OrthancError,
+    ValidationFailed,
+)
+from .models import Instance, Resource, level_class
+from .values import OrthancTime
 
 if TYPE_CHECKING:
-    from .client import Orthanc
+    from .server import Server
 
 R = TypeVar("R", bound=Resource)
 
@@ -31,10 +39,6 @@ FINAL_STATES: frozenset[str] = frozenset({"Success", "Failure"})
 
 #: how :meth:`Job.wait` sleeps between polls (replaceable, e.g. when replaying recordings)
 _sleep = time.sleep
-
-
-class NoResultingResource(OrthancError):
-    """A job finished without producing a resource (e.g. a C-STORE job)."""
 
 
 class Job(ServerObject):
@@ -74,7 +78,7 @@ class Job(ServerObject):
     """Job-specific details: for a modification ``ID``, ``Path`` and ``Type`` of the result."""
 
     @classmethod
-    def from_orthanc(cls, data: Any, client: Orthanc | None = None) -> Job:
+    def from_orthanc(cls, data: Any, client: Server | None = None) -> Job:
         """Build a job from Orthanc's JSON description."""
         ident = data.get("ID", "?") if isinstance(data, dict) else "?"
         return cls._attached(data, client, f"job {ident}")
@@ -110,7 +114,7 @@ class Job(ServerObject):
 
         Updates this object in place and returns it.
         """
-        fresh = Job.from_orthanc(self.client._transport.get_json(self.path), self._client)
+        fresh = Job.from_orthanc(self.client.get_json(self.path), self._client)
         for name in type(self).model_fields:
             object.__setattr__(self, name, getattr(fresh, name))
         if fresh.__pydantic_extra__ is not None:
@@ -200,7 +204,7 @@ class Job(ServerObject):
         return self._control("resubmit")
 
     def _control(self, action: str) -> Job:
-        self.client._transport.post_json(f"{self.path}/{action}", {})
+        self.client.post_json(f"{self.path}/{action}", {})
         return self.refresh()
 
     def result_resource(self, timeout: float | None = 300.0) -> Resource:
@@ -218,29 +222,29 @@ class Job(ServerObject):
         level = self.content.get("Type")
         if not isinstance(new_id, str) or not isinstance(level, str):
             raise NoResultingResource(f"job {self.id} ({self.type}) created no resource")
-        return self.client._get_resource(level_class(level), new_id)
+        return level_class(level).fetch(self.client, new_id)
 
 
 # -- jobs on a server ------------------------------------------------------------------------
 
 
-def list_jobs(client: Orthanc) -> list[Job]:
+def list_jobs(client: Server) -> list[Job]:
     """All jobs the server remembers (``GET /jobs?expand``), one request."""
-    data = client._transport.get_json("/jobs", {"expand": ""}) or []
+    data = client.get_json("/jobs", {"expand": ""}) or []
     return [Job.from_orthanc(item, client) for item in data]
 
 
-def get_job(client: Orthanc, id: str) -> Job:
+def get_job(client: Server, id: str) -> Job:
     """One job by ID (``GET /jobs/{id}``), one request.
 
     Raises:
         NotFound: the server knows no such job (it may have been forgotten: Orthanc keeps
             a bounded history, and jobs are per server process).
     """
-    return Job.from_orthanc(client._transport.get_json(f"/jobs/{id}"), client)
+    return Job.from_orthanc(client.get_json(f"/jobs/{id}"), client)
 
 
-def submitted_job(client: Orthanc, answer: Any) -> Job:
+def submitted_job(client: Server, answer: Any) -> Job:
     """The job named by a submission answer (``{ID, Path}``), fetched: one request."""
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         raise ValidationFailed(f"the server did not answer with a job: {answer!r}")
@@ -256,7 +260,7 @@ def delete_resource(resource: Resource) -> None:
     Raises:
         NotFound: the resource is not (or no longer) on the server.
     """
-    resource.client._transport.delete(resource.path)
+    resource.client.delete(resource.path)
 
 
 #: keyword argument -> Orthanc JSON field, for both operations
@@ -374,7 +378,7 @@ def _transform(
     options: Mapping[str, Any],
 ) -> R | Job:
     body = _operation_body(operation, allowed, options)
-    transport = resource.client._transport
+    server = resource.client
     path = f"{resource.path}/{operation}"
     if isinstance(resource, Instance):
         if as_job:
@@ -391,15 +395,15 @@ def _transform(
         )
     if as_job:
         body["Asynchronous"] = True
-        return submitted_job(resource.client, transport.post_json(path, body))
-    answer = transport.post_json(path, body)
+        return submitted_job(server, server.post_json(path, body))
+    answer = server.post_json(path, body)
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         raise ValidationFailed(f"POST {path}: no new resource in the answer {answer!r}")
     if answer["ID"] == resource.id:
         # Modified in place: the files changed, but the server's index may still hold the
         # old main tags (Orthanc 1.10 does) until it re-reads them.
-        transport.post_json(f"{resource.path}/reconstruct", {})
-    return resource.client._get_resource(type(resource), answer["ID"])
+        server.post_json(f"{resource.path}/reconstruct", {})
+    return type(resource).fetch(server, answer["ID"])
 
 
 #: the identifiers an Orthanc ID is computed from, per level
@@ -431,12 +435,12 @@ def _keeps_identity(level: str, operation: str, body: Mapping[str, Any]) -> bool
 def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> Instance:
     # The instance routes answer with the new file instead of storing it: store it here.
     keep_source = body.pop("KeepSource", True)
-    transport = instance.client._transport
-    data = transport.request("POST", path, json_body=body).content
+    server = instance.client
+    data = server.post_for_bytes(path, body)
 
     def store() -> dict[str, Any]:
-        answer: dict[str, Any] = transport.request(
-            "POST", "/instances", data=data, headers={"Content-Type": "application/dicom"}
+        answer: dict[str, Any] = server.post_bytes(
+            "/instances", data, content_type="application/dicom"
         ).json()
         return answer
 
@@ -448,22 +452,17 @@ def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> 
                 f"the modified instance keeps the identifiers of {instance.id}, so it cannot "
                 "be stored beside it: pass keep_source=False to replace the original"
             )
-        original = transport.request("GET", f"{instance.path}/file").content
+        original = server.get_bytes(f"{instance.path}/file")
         delete_resource(instance)
         try:
             stored = store()
         except OrthancError:
             # put the original back rather than lose both versions
-            transport.request(
-                "POST",
-                "/instances",
-                data=original,
-                headers={"Content-Type": "application/dicom"},
-            )
+            server.post_bytes("/instances", original, content_type="application/dicom")
             raise
     elif not keep_source:
         delete_resource(instance)
-    return instance.client.instance(str(stored["ID"]))
+    return Instance.fetch(server, str(stored["ID"]))
 
 
 def _operation_body(

@@ -23,62 +23,26 @@ from . import tags as _tags
 from ._base import ServerObject
 from .errors import (
     BadRequest,
+    EchoFailed,
+    FindFailed,
     InvalidRequest,
+    ModalityError,
     NotFound,
     OrthancError,
     ServerError,
+    StoreFailed,
+    UnknownModality,
     ValidationFailed,
 )
 from .jobs import Job, submitted_job
-from .models import DA, IS, PN, TM, Level, MultiText, Resource, Text, level_class
+from .models import Level, Resource, level_class
+from .values import DA, IS, PN, TM, MultiText, Text
 
 if TYPE_CHECKING:
-    from .client import Orthanc
+    from .server import Server
 
 
 # -- errors ------------------------------------------------------------------------------------
-
-
-class ModalityError(OrthancError):
-    """A DICOM operation with a remote modality failed.
-
-    Attributes:
-        modality: the modality's name on the server.
-        operation: ``C-ECHO``, ``C-FIND`` or ``C-STORE``.
-        reason: Orthanc's explanation (e.g. ``... TCP Initialization Error: Connection
-            refused``).
-        status: the HTTP status the server answered with.
-    """
-
-    operation: str = "DICOM operation"
-
-    def __init__(self, modality: str, reason: str, status: int | None = None) -> None:
-        self.modality = modality
-        self.reason = reason
-        self.status = status
-        super().__init__(f"{self.operation} with modality {modality!r} failed: {reason}")
-
-
-class EchoFailed(ModalityError):
-    """C-ECHO failed: the modality is unreachable or refused the association."""
-
-    operation = "C-ECHO"
-
-
-class FindFailed(ModalityError):
-    """C-FIND failed."""
-
-    operation = "C-FIND"
-
-
-class StoreFailed(ModalityError):
-    """C-STORE failed, or some instances were not accepted."""
-
-    operation = "C-STORE"
-
-
-class UnknownModality(OrthancError, LookupError):
-    """The server has no modality of that name."""
 
 
 def _modality_error(cls: type[ModalityError], name: str, error: ServerError) -> ModalityError:
@@ -122,7 +86,7 @@ class Modality(ServerObject):
     """Whether the peer may C-STORE to the server."""
 
     @classmethod
-    def from_orthanc(cls, name: str, data: Any, client: Orthanc | None = None) -> Modality:
+    def from_orthanc(cls, name: str, data: Any, client: Server | None = None) -> Modality:
         """Build a modality from its configuration as ``/modalities?expand`` gives it."""
         if isinstance(data, list) and len(data) >= 3:  # the short [AET, host, port] form
             data = {"AET": data[0], "Host": data[1], "Port": data[2]}
@@ -160,7 +124,7 @@ class Modality(ServerObject):
         if timeout is not None:
             body["Timeout"] = _positive_int("timeout", timeout)
         try:
-            self.client._transport.post_json(f"{self.path}/echo", body)
+            self.client.post_json(f"{self.path}/echo", body)
         except ServerError as exc:
             raise _modality_error(EchoFailed, self.name, exc) from exc
 
@@ -200,7 +164,7 @@ class Modality(ServerObject):
         body: dict[str, Any] = {"Level": name, "Query": keys}
         if timeout is not None:
             body["Timeout"] = _positive_int("timeout", timeout)
-        transport = self.client._transport
+        transport = self.client
         try:
             created = transport.post_json(f"{self.path}/query", body)
         except ServerError as exc:
@@ -281,7 +245,7 @@ class Modality(ServerObject):
             path = f"/queries/{first.query_id}/retrieve"
         else:
             path = f"/queries/{self._narrowing_query(list(unique.values()))}/retrieve"
-        return submitted_job(self.client, self.client._transport.post_json(path, body))
+        return submitted_job(self.client, self.client.post_json(path, body))
 
     def _narrowing_query(self, answers: Sequence[FindAnswer]) -> str:
         level = answers[0].level
@@ -299,7 +263,7 @@ class Modality(ServerObject):
                     values.append(value)
             keys[keyword] = "\\".join(values)
         try:
-            created = self.client._transport.post_json(
+            created = self.client.post_json(
                 f"{self.path}/query", {"Level": level, "Query": keys}
             )
         except ServerError as exc:
@@ -356,7 +320,7 @@ class Modality(ServerObject):
             body["Timeout"] = _positive_int("timeout", timeout)
         if priority is not None:
             body["Priority"] = _int("priority", priority)
-        transport = self.client._transport
+        transport = self.client
         try:
             answer = transport.post_json(f"{self.path}/store", body)
         except ServerError as exc:
@@ -507,15 +471,15 @@ class FindAnswer(BaseModel):
 # -- server entry points -------------------------------------------------------------------------
 
 
-def list_modalities(client: Orthanc) -> list[Modality]:
+def list_modalities(client: Server) -> list[Modality]:
     """The modalities configured on the server (``GET /modalities?expand``), one request."""
-    data = client._transport.get_json("/modalities", {"expand": ""}) or {}
+    data = client.get_json("/modalities", {"expand": ""}) or {}
     if not isinstance(data, dict):
         raise ValidationFailed(f"GET /modalities?expand: expected a JSON object, not {data!r}")
     return [Modality.from_orthanc(name, config, client) for name, config in data.items()]
 
 
-def get_modality(client: Orthanc, name: str) -> Modality:
+def get_modality(client: Server, name: str) -> Modality:
     """One configured modality by name (``GET /modalities/{name}/configuration``), one request.
 
     Raises:
@@ -524,7 +488,7 @@ def get_modality(client: Orthanc, name: str) -> Modality:
     if not name or "/" in name:
         raise InvalidRequest(f"not a modality name: {name!r}")
     try:
-        data = client._transport.get_json(f"/modalities/{name}/configuration")
+        data = client.get_json(f"/modalities/{name}/configuration")
     except NotFound as exc:
         raise UnknownModality(f"the server has no modality named {name!r}") from exc
     return Modality.from_orthanc(name, data, client)

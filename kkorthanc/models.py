@@ -11,73 +11,27 @@ them in advance so they cost none.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
-from pydantic import BeforeValidator, ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
-from . import tags as _tags
 from ._base import ServerObject
-from .tags import PersonName
+from .values import DA, DS, DT, IS, PN, TM, MultiDS, MultiPN, MultiText, OrthancTime, Text
 
 if TYPE_CHECKING:
     import numpy
     import pydicom
 
-    from .client import Orthanc
     from .jobs import Job
+    from .server import Server
 
 Level = Literal["Patient", "Study", "Series", "Instance"]
 T = TypeVar("T")
 R = TypeVar("R", bound="Resource")
-
-
-def _lenient(parse: Callable[[str | None], T | None], kind: type) -> BeforeValidator:
-    """A validator that parses DICOM strings and passes through values already typed."""
-
-    def validate(value: Any) -> Any:
-        if isinstance(value, str):
-            # PersonName is a str: it passes through; plain strings are always parsed
-            return value if kind is not str and type(value) is kind else parse(value)
-        if value is None or isinstance(value, kind):
-            return value
-        return None
-
-    return BeforeValidator(validate)
-
-
-def _lenient_multi(parse: Callable[[str | None], tuple[Any, ...] | None]) -> BeforeValidator:
-    def validate(value: Any) -> Any:
-        if value is None or isinstance(value, tuple):
-            return value
-        if isinstance(value, list):
-            return tuple(value)
-        if isinstance(value, str):
-            return parse(value)
-        return None
-
-    return BeforeValidator(validate)
-
-
-DA = Annotated[datetime.date | None, _lenient(_tags.parse_da, datetime.date)]
-TM = Annotated[datetime.time | None, _lenient(_tags.parse_tm, datetime.time)]
-DT = Annotated[datetime.datetime | None, _lenient(_tags.parse_dt, datetime.datetime)]
-IS = Annotated[int | None, _lenient(_tags.parse_is, int)]
-DS = Annotated[float | None, _lenient(_tags.parse_ds, float)]
-Text = Annotated[str | None, _lenient(_tags.parse_str, str)]
-PN = Annotated[PersonName | None, _lenient(_tags.parse_pn, PersonName)]
-MultiDS = Annotated[tuple[float, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_ds))]
-MultiText = Annotated[tuple[str, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_str))]
-MultiPN = Annotated[
-    tuple[PersonName, ...] | None, _lenient_multi(_tags.parse_multi(_tags.parse_pn))
-]
-OrthancTime = Annotated[
-    datetime.datetime | None, _lenient(_tags.parse_orthanc_datetime, datetime.datetime)
-]
 
 
 def orthanc_id(
@@ -116,9 +70,22 @@ class Resource(ServerObject):
         populate_by_name=True, extra="ignore", arbitrary_types_allowed=True, frozen=False
     )
 
+    # Everything the package knows of a level lives in these class variables.
     level: ClassVar[Level]
     #: Orthanc's REST collection for this level (``patients``, ``studies``, ...)
     collection: ClassVar[str]
+    #: 1 for patients down to 4 for instances
+    depth: ClassVar[int]
+    #: the DICOM keyword that identifies a resource of this level (``PatientID``, ...)
+    uid_keyword: ClassVar[str]
+    #: the field holding that identifier (``patient_id``, ``study_instance_uid``, ...)
+    uid_field: ClassVar[str]
+    #: the field holding the parent's Orthanc ID (``None`` for patients)
+    parent_field: ClassVar[str | None] = None
+    #: the key of the parent's Orthanc ID in Orthanc's JSON (``ParentPatient``, ...)
+    parent_key: ClassVar[str | None] = None
+    #: the field holding the children's Orthanc IDs (``None`` for instances)
+    child_ids_field: ClassVar[str | None] = None
 
     id: str = Field(alias="ID")
     """The Orthanc ID (a SHA-1 of the DICOM identifiers)."""
@@ -131,10 +98,45 @@ class Resource(ServerObject):
     _parent: Resource | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_orthanc(cls: type[R], data: dict[str, Any], client: Orthanc | None = None) -> R:
+    def from_orthanc(cls: type[R], data: dict[str, Any], client: Server | None = None) -> R:
         """Build a model from an expanded Orthanc JSON object."""
         tags = data.get("MainDicomTags") or {}
         return cls._attached({**tags, **data}, client, f"{cls.level} {data.get('ID', '?')}")
+
+    @classmethod
+    def fetch(cls: type[R], server: Server, id: str) -> R:
+        """One resource of this level by Orthanc ID (``GET /{level}/{id}``), one request."""
+        return cls.from_orthanc(server.get_json(f"/{cls.collection}/{id}"), server)
+
+    @classmethod
+    def parent_class(cls) -> type[Resource] | None:
+        """The model of the level above (``None`` for patients)."""
+        return LEVELS[cls.depth - 2] if cls.depth > 1 else None
+
+    @classmethod
+    def child_class(cls) -> type[Resource] | None:
+        """The model of the level below (``None`` for instances)."""
+        return LEVELS[cls.depth] if cls.depth < len(LEVELS) else None
+
+    @property
+    def parent_id(self) -> str | None:
+        """The parent's Orthanc ID (``None`` for patients); no request."""
+        field = self.parent_field
+        found: str | None = self.__dict__[field] if field is not None else None
+        return found
+
+    @property
+    def child_ids(self) -> tuple[str, ...]:
+        """The children's Orthanc IDs as the server listed them (empty for instances)."""
+        field = self.child_ids_field
+        found: tuple[str, ...] = self.__dict__[field] if field is not None else ()
+        return found
+
+    @property
+    def uid(self) -> str | None:
+        """The DICOM identifier of this level (PatientID, StudyInstanceUID, ...)."""
+        found: str | None = self.__dict__[self.uid_field]
+        return found
 
     # -- identity ------------------------------------------------------------------------
 
@@ -145,6 +147,27 @@ class Resource(ServerObject):
     def path(self) -> str:
         """The REST path of the resource, e.g. ``/studies/<id>``."""
         return f"/{self.collection}/{self.id}"
+
+    # -- linked relations, read without fetching ------------------------------------------------
+    # Read straight from pydantic's private-attribute dict: the forest reads and sets tens of
+    # thousands of links and the attribute protocol would cost more than the rest.
+
+    def linked_parent(self) -> Resource | None:
+        """The parent if it is already in memory, else ``None``; never a request."""
+        private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
+        parent: Resource | None = private["_parent"]
+        return parent
+
+    def linked_children(self) -> tuple[Resource, ...] | None:
+        """The children if they are already in memory, else ``None``; never a request."""
+        private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
+        children: tuple[Resource, ...] | None = private["_children"]
+        return children
+
+    def _fetch_children(self, cls: type[R]) -> list[R]:
+        """``GET /{level}/{id}/{children}``: the children, expanded, one request."""
+        data = self.client.get_json(f"{self.path}/{cls.collection}")
+        return [cls.from_orthanc(item, self.client) for item in data]
 
     def _server_key(self) -> str:
         return self._client.url if self._client is not None else ""
@@ -186,7 +209,7 @@ class Resource(ServerObject):
             raise RuntimeError(f"{self.level} {self.id} has no parent")
         with _stripe(self.id, "parent"):
             if self._parent is None:
-                self._parent = self.client._get_resource(cls, parent_id)
+                self._parent = cls.fetch(self.client, parent_id)
             return self._parent  # type: ignore[return-value]
 
     def _link(self, parent: Resource | None, children: Sequence[Resource] | None) -> None:
@@ -206,7 +229,7 @@ class Resource(ServerObject):
 
         Returns the fresh copy; this object is updated in place too.
         """
-        fresh = self.client._get_resource(type(self), self.id)
+        fresh = type(self).fetch(self.client, self.id)
         for name in type(self).model_fields:
             object.__setattr__(self, name, getattr(fresh, name))
         self._children = None
@@ -256,7 +279,7 @@ class Resource(ServerObject):
 
     def statistics(self) -> dict[str, Any]:
         """Disk usage and counts (``GET /{level}/{id}/statistics``), one request."""
-        result: dict[str, Any] = self.client._transport.get_json(f"{self.path}/statistics")
+        result: dict[str, Any] = self.client.get_json(f"{self.path}/statistics")
         return result
 
     def _repr_html_(self) -> str:
@@ -270,6 +293,10 @@ class Patient(Resource):
 
     level: ClassVar[Level] = "Patient"
     collection: ClassVar[str] = "patients"
+    depth: ClassVar[int] = 1
+    uid_keyword: ClassVar[str] = "PatientID"
+    uid_field: ClassVar[str] = "patient_id"
+    child_ids_field: ClassVar[str | None] = "study_ids"
 
     patient_id: Text = Field(default=None, alias="PatientID")
     """PatientID (0010,0020)."""
@@ -292,7 +319,7 @@ class Patient(Resource):
     def studies(self) -> tuple[Study, ...]:
         """The patient's studies: one request (``GET /patients/{id}/studies``), memoized."""
         result: tuple[Study, ...] = self._load_children(
-            "studies", lambda: self.client._children(self, Study, "studies")
+            "studies", lambda: self._fetch_children(Study)
         )
         return result
 
@@ -306,6 +333,12 @@ class Study(Resource):
 
     level: ClassVar[Level] = "Study"
     collection: ClassVar[str] = "studies"
+    depth: ClassVar[int] = 2
+    uid_keyword: ClassVar[str] = "StudyInstanceUID"
+    uid_field: ClassVar[str] = "study_instance_uid"
+    parent_field: ClassVar[str | None] = "parent_patient_id"
+    parent_key: ClassVar[str | None] = "ParentPatient"
+    child_ids_field: ClassVar[str | None] = "series_ids"
 
     study_instance_uid: Text = Field(default=None, alias="StudyInstanceUID")
     """StudyInstanceUID (0020,000D)."""
@@ -349,7 +382,7 @@ class Study(Resource):
     def series(self) -> tuple[Series, ...]:
         """The study's series: one request (``GET /studies/{id}/series``), memoized."""
         result: tuple[Series, ...] = self._load_children(
-            "series", lambda: self.client._children(self, Series, "series")
+            "series", lambda: self._fetch_children(Series)
         )
         return result
 
@@ -373,6 +406,12 @@ class Series(Resource):
 
     level: ClassVar[Level] = "Series"
     collection: ClassVar[str] = "series"
+    depth: ClassVar[int] = 3
+    uid_keyword: ClassVar[str] = "SeriesInstanceUID"
+    uid_field: ClassVar[str] = "series_instance_uid"
+    parent_field: ClassVar[str | None] = "parent_study_id"
+    parent_key: ClassVar[str | None] = "ParentStudy"
+    child_ids_field: ClassVar[str | None] = "instance_ids"
 
     series_instance_uid: Text = Field(default=None, alias="SeriesInstanceUID")
     """SeriesInstanceUID (0020,000E)."""
@@ -429,7 +468,7 @@ class Series(Resource):
     def instances(self) -> tuple[Instance, ...]:
         """The series' instances: one request (``GET /series/{id}/instances``), memoized."""
         result: tuple[Instance, ...] = self._load_children(
-            "instances", lambda: self.client._children(self, Instance, "instances")
+            "instances", lambda: self._fetch_children(Instance)
         )
         return result
 
@@ -447,6 +486,11 @@ class Instance(Resource):
 
     level: ClassVar[Level] = "Instance"
     collection: ClassVar[str] = "instances"
+    depth: ClassVar[int] = 4
+    uid_keyword: ClassVar[str] = "SOPInstanceUID"
+    uid_field: ClassVar[str] = "sop_instance_uid"
+    parent_field: ClassVar[str | None] = "parent_series_id"
+    parent_key: ClassVar[str | None] = "ParentSeries"
 
     sop_instance_uid: Text = Field(default=None, alias="SOPInstanceUID")
     """SOPInstanceUID (0008,0018)."""
@@ -490,7 +534,7 @@ class Instance(Resource):
 
     def read_bytes(self) -> bytes:
         """The DICOM file (``GET /instances/{id}/file``), one request."""
-        return self.client._transport.request("GET", f"{self.path}/file").content
+        return self.client.get_bytes(f"{self.path}/file")
 
     def save(self, path: str | Path) -> Path:
         """Stream the DICOM file to ``path`` (``GET /instances/{id}/file``), one request.
@@ -504,9 +548,7 @@ class Instance(Resource):
 
     def tags(self) -> dict[str, Any]:
         """All tags, simplified to keyword -> value (``GET /instances/{id}/tags?simplify``)."""
-        result: dict[str, Any] = self.client._transport.get_json(
-            f"{self.path}/tags", {"simplify": ""}
-        )
+        result: dict[str, Any] = self.client.get_json(f"{self.path}/tags", {"simplify": ""})
         return result
 
     def dataset(self) -> pydicom.Dataset:
@@ -529,21 +571,19 @@ class Instance(Resource):
         return f"<Instance #{number} {self.sop_instance_uid or self.id}>"
 
 
-LEVEL_CLASSES: dict[str, type[Resource]] = {
-    "patient": Patient,
-    "study": Study,
-    "series": Series,
-    "instance": Instance,
+#: the four levels, top down
+LEVELS: tuple[type[Resource], ...] = (Patient, Study, Series, Instance)
+LEVEL_CLASSES: dict[str, type[Resource]] = {cls.level.lower(): cls for cls in LEVELS}
+_LEVEL_NAMES: dict[str, type[Resource]] = {
+    **LEVEL_CLASSES,
+    **{cls.collection: cls for cls in LEVELS},
 }
 
 
 def level_class(level: str) -> type[Resource]:
     """The model class for a level name in any case (``"Study"``, ``"study"``, ``"STUDIES"``)."""
-    key = level.strip().lower()
-    aliases = {"patients": "patient", "studies": "study", "instances": "instance"}
-    key = aliases.get(key, key)
     try:
-        return LEVEL_CLASSES[key]
+        return _LEVEL_NAMES[level.strip().lower()]
     except KeyError:
         raise ValueError(
             f"unknown level {level!r}: use 'patient', 'study', 'series' or 'instance'"
@@ -555,6 +595,7 @@ __all__ = [
     "DS",
     "DT",
     "IS",
+    "LEVELS",
     "LEVEL_CLASSES",
     "PN",
     "TM",

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from .errors import OrthancError
+from .errors import OrthancError, QueryError, UnknownKeyword
 from .models import Instance, Level, Patient, Resource, Series, Study, level_class
 from .tags import (
     MAIN_DICOM_TAGS,
@@ -49,7 +49,7 @@ from .tags import (
 )
 
 if TYPE_CHECKING:
-    from .client import Orthanc
+    from .server import Server
 
 __all__ = [
     "IDENTIFIER_TAGS",
@@ -149,26 +149,6 @@ RANGE_VRS = frozenset({"DA", "DT", "TM"})
 
 LabelsConstraint = Literal["All", "Any", "None"]
 _LABELS_CONSTRAINTS: dict[str, LabelsConstraint] = {"all": "All", "any": "Any", "none": "None"}
-
-
-class QueryError(OrthancError, ValueError):
-    """A query that cannot be answered as written: the message says which part and why.
-
-    Raised before any request is sent, by the server and the local engine alike.
-    """
-
-
-class UnknownKeyword(QueryError):
-    """A tag name that is not a main DICOM tag keyword; ``suggestions`` holds close matches."""
-
-    def __init__(self, name: str, suggestions: Sequence[str]) -> None:
-        self.name = name
-        self.suggestions = list(suggestions)
-        hint = f"; did you mean {' or '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(
-            f"unknown tag {name!r}: queries take the keyword (PatientName), snake_case name "
-            f"(patient_name) or number (0010,0010) of a main DICOM tag{hint}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,7 +611,7 @@ def _labels_filter(
 
 
 def server_find(
-    client: Orthanc,
+    client: Server,
     level: str,
     query: Mapping[str, Any] | None = None,
     *,
@@ -704,20 +684,17 @@ def _resolve_requested(name: str) -> str:
 
 
 def _listing(
-    client: Orthanc, cls: type[R], wanted: list[str], limit: int | None, page_size: int
+    client: Server, cls: type[R], wanted: list[str], limit: int | None, page_size: int
 ) -> Iterator[R]:
     size = min(page_size, limit) if limit is not None else page_size
-    if not wanted:
-        yield from client.iter_resources(cls, page_size=size)
-        return
-    params = {"requested-tags": ";".join(wanted)}
-    for page in client._transport.iter_pages(f"/{cls.collection}", page_size=size, params=params):
+    params = {"requested-tags": ";".join(wanted)} if wanted else None
+    for page in client.iter_pages(f"/{cls.collection}", page_size=size, params=params):
         for item in page:
             yield cls.from_orthanc(item, client)
 
 
 def _find_pages(
-    client: Orthanc,
+    client: Server,
     cls: type[R],
     compiled: CompiledQuery,
     extra: dict[str, Any],
@@ -736,7 +713,7 @@ def _find_pages(
             "Since": since,
             "Limit": want,
         }
-        page = client._transport.post_json("/tools/find", body, repeatable=True)
+        page = client.post_json("/tools/find", body, repeatable=True)
         if not isinstance(page, list):
             shown = json.dumps(page)[:80]
             raise OrthancError(f"POST /tools/find: expected a JSON list, got {shown}")

@@ -27,16 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .client import Orthanc
-from .errors import OrthancError
+from .errors import OrthancError, SandboxError
 
 DEFAULT_BINARY = "/usr/sbin/Orthanc"
 USERNAME = "kk"
 #: every sandbox password starts with this, so recordings can be checked for leaks
 PASSWORD_PREFIX = "kk-secret-"
-
-
-class SandboxError(OrthancError):
-    """A sandbox server could not be started."""
 
 
 def find_binary(binary: str | None = None) -> str:
@@ -276,12 +272,7 @@ class Sandbox:
         with self.client() as client:
 
             def post(body: bytes) -> None:
-                client._transport.request(
-                    "POST",
-                    "/instances",
-                    data=body,
-                    headers={"Content-Type": "application/dicom"},
-                )
+                client.post_bytes("/instances", body, content_type="application/dicom")
 
             with ThreadPoolExecutor(workers) as pool:
                 return sum(1 for _ in pool.map(post, files))

@@ -33,7 +33,7 @@ import warnings
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol,
 
 from . import tags as _tags
 from .errors import (
+    ExportFailed,
     Forbidden,
     NotFound,
     OrthancConnectionError,
@@ -48,6 +49,7 @@ from .errors import (
     OrthancHTTPError,
     ServerError,
     Unauthorized,
+    UploadFailed,
 )
 from .models import Instance, Patient, Resource, Series, Study
 
@@ -57,8 +59,8 @@ except ImportError:  # pragma: no cover - Python built without liblzma
     lzma = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from ._transport import BinaryChannel, Transport
-    from .client import Orthanc
+    from ._transport import BinaryChannel
+    from .server import Server
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -113,45 +115,6 @@ _RAW_DATASET_GROUPS = frozenset({0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
 
 
 # -- errors ---------------------------------------------------------------------------------
-
-
-class UploadFailed(OrthancError):
-    """Some items of an upload were not stored; ``report`` has the full story.
-
-    Attributes:
-        report: the whole :class:`UploadReport`.
-        items: the items that were not stored.
-    """
-
-    def __init__(self, report: UploadReport, items: Sequence[UploadItem]) -> None:
-        self.report = report
-        self.items = list(items)
-        super().__init__(_failure_message(len(items), report.total, "stored", items))
-
-
-class ExportFailed(OrthancError):
-    """Some instances of an export were not written; ``report`` has the full story.
-
-    Attributes:
-        report: the whole :class:`ExportReport`.
-        items: the items that failed.
-    """
-
-    def __init__(self, report: ExportReport, items: Sequence[ExportItem]) -> None:
-        self.report = report
-        self.items = list(items)
-        super().__init__(_failure_message(len(items), report.total, "written", items))
-
-
-class _Described(Protocol):
-    @property
-    def label(self) -> str: ...
-
-
-def _failure_message(count: int, total: int, verb: str, items: Sequence[_Described]) -> str:
-    shown = "; ".join(item.label for item in items[:10])
-    more = f"; and {count - 10} more" if count > 10 else ""
-    return f"{count} of {total} items were not {verb}: {shown}{more}"
 
 
 # -- upload report --------------------------------------------------------------------------
@@ -642,10 +605,7 @@ def _progress_bar(enabled: bool, total: int | None, desc: str, unit: str) -> Any
 class _Uploader:
     """Worker side of an upload: read, pre-check, POST, classify."""
 
-    def __init__(
-        self, transport: Transport, max_member_size: int, max_consecutive_failures: int | None
-    ) -> None:
-        self.transport = transport
+    def __init__(self, max_member_size: int, max_consecutive_failures: int | None) -> None:
         self.cap = max_member_size
         self.limit = max_consecutive_failures
         self.lock = threading.Lock()
@@ -751,7 +711,7 @@ def _str(value: object) -> str | None:
 
 
 def upload(
-    client: Orthanc,
+    client: Server,
     source: Any,
     *,
     workers: int = 4,
@@ -797,7 +757,7 @@ def upload(
     _check_source(source)
     started = time.perf_counter()
     first_request = client.request_count
-    uploader = _Uploader(client._transport, max_member_size, max_consecutive_failures)
+    uploader = _Uploader(max_member_size, max_consecutive_failures)
     producer = _Producer(max_member_size)
     tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=workers * 4)
     items: list[UploadItem] = []
@@ -809,7 +769,7 @@ def upload(
     problems = [0, 0]
 
     def work() -> None:
-        with client._transport.channel() as channel:
+        with client.channel() as channel:
             while True:
                 task = tasks.get()
                 if task is None or stop.is_set():
@@ -901,7 +861,7 @@ def _stream_to_file(chunks: Iterable[bytes], path: Path, *, make_parent: bool = 
 
 
 def _get_to_file(
-    transport: Transport,
+    server: Server,
     method: str,
     route: str,
     path: Path,
@@ -911,31 +871,13 @@ def _get_to_file(
     make_parent: bool = True,
 ) -> int:
     """Stream one answer to ``path``; a connection lost mid-body is retried like a fresh one."""
-    timeout: Any = None
-    if long:  # archives are built before the first byte is sent
-        connect = (
-            transport.timeout[0] if isinstance(transport.timeout, tuple) else transport.timeout
-        )
-        timeout = (connect, 3600.0)
-    attempt = 0
-    while True:
-        response = transport.request(
-            method, route, stream=True, json_body=json_body, timeout=timeout, repeatable=True
-        )
-        try:
-            return _stream_to_file(response.iter_content(_CHUNK), path, make_parent=make_parent)
-        except OSError as exc:
-            # requests' errors derive from OSError; a local file problem is not retried
-            if not exc.__class__.__module__.startswith(("requests", "urllib3")):
-                raise
-            if attempt >= transport.retries:
-                raise OrthancConnectionError(
-                    f"{method} {route}: the connection broke during the download ({exc})"
-                ) from exc
-            attempt += 1
-            transport.pause_before_retry(attempt)
-        finally:
-            response.close()
+    return server.download(
+        method,
+        route,
+        lambda chunks: _stream_to_file(chunks, path, make_parent=make_parent),
+        json_body=json_body,
+        long=long,
+    )
 
 
 def download_archive(resource: Resource, path: Path) -> Path:
@@ -948,10 +890,10 @@ def download_archive(resource: Resource, path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / f"{resource.id}.zip"
-    transport = resource.client._transport
+    server = resource.client
     if isinstance(resource, Instance):
         _get_to_file(
-            transport,
+            server,
             "POST",
             "/tools/create-archive",
             path,
@@ -959,7 +901,7 @@ def download_archive(resource: Resource, path: Path) -> Path:
             long=True,
         )
     else:
-        _get_to_file(transport, "GET", f"{resource.path}/archive", path, long=True)
+        _get_to_file(server, "GET", f"{resource.path}/archive", path, long=True)
     return path
 
 
@@ -972,7 +914,7 @@ def save_instance(instance: Instance, path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / f"{safe_component(instance.sop_instance_uid or instance.id)}.dcm"
-    _get_to_file(instance.client._transport, "GET", f"{instance.path}/file", path)
+    _get_to_file(instance.client, "GET", f"{instance.path}/file", path)
     return path
 
 
@@ -1160,7 +1102,7 @@ class _Resolver:
     series and instances in the caller's thread, which owns the caches below.
     """
 
-    def __init__(self, client: Orthanc) -> None:
+    def __init__(self, client: Server) -> None:
         self.client = client
         self.series_by_id: dict[str, Series] = {}
         self.studies_by_id: dict[str, Study] = {}
@@ -1223,7 +1165,7 @@ class _Resolver:
         series_list = study.series
         missing = [s for s in series_list if not s.relations_loaded]
         if len(missing) > 1:  # one study-wide listing instead of one per series
-            data = self.client._transport.get_json(f"{study.path}/instances")
+            data = self.client.get_json(f"{study.path}/instances")
             by_series: dict[str, list[Instance]] = {s.id: [] for s in missing}
             for entry in data:
                 instance = Instance.from_orthanc(entry, self.client)
@@ -1261,7 +1203,7 @@ def _batch(entry: Future[list[_Target]] | list[_Target]) -> list[_Target]:
 
 
 def export(
-    client: Orthanc,
+    client: Server,
     resources: Iterable[Resource] | Resource,
     folder: Path,
     *,
@@ -1304,7 +1246,6 @@ def export(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(folder)
-    transport = client._transport
     resolver = _Resolver(client)
     items: list[ExportItem] = []
     seen: set[str] = set()
@@ -1315,7 +1256,7 @@ def export(
     def fetch(index: int, instance: Instance, path: Path) -> None:
         start = time.perf_counter()
         try:
-            size = _get_to_file(transport, "GET", f"{instance.path}/file", path, make_parent=False)
+            size = _get_to_file(client, "GET", f"{instance.path}/file", path, make_parent=False)
         except (Unauthorized, Forbidden):
             raise
         except (OrthancError, OSError) as exc:

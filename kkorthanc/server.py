@@ -1,0 +1,338 @@
+"""The :class:`Server`: what every other module needs of an Orthanc server, and nothing more.
+
+It sits at the bottom of the package, just above the transport: models, the forest, queries,
+jobs, modalities and transfers talk to a ``Server`` and never to the transport or to the
+:class:`~kkorthanc.client.Orthanc` facade. It offers JSON requests, binary posts, streamed
+downloads, the pager of expanded listings and of the change feed, bulk content, and the
+capability gates read from ``/system``. It builds no models: it hands over JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._transport import DEFAULT_TIMEOUT, BinaryChannel, Params, Reply, Timeout, Transport
+from .errors import UnsupportedByServer
+from .values import OrthancTime
+
+_R = TypeVar("_R")
+
+
+class Capabilities(BaseModel):
+    """Optional server features announced in ``/system`` (absent on older servers)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    has_extended_find: bool = Field(default=False, alias="HasExtendedFind")
+    """The database supports ordering, metadata queries and response content in find."""
+    has_extended_changes: bool = Field(default=False, alias="HasExtendedChanges")
+    """The change feed can be filtered by type and read backwards."""
+    has_labels: bool = Field(default=False, alias="HasLabels")
+    """The database stores labels."""
+
+
+class SystemInfo(BaseModel):
+    """What ``GET /system`` says about the server."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    name: str = Field(default="", alias="Name")
+    """The server's configured name."""
+    version: str = Field(alias="Version")
+    """Orthanc version, e.g. ``1.10.1``."""
+    api_version: int = Field(alias="ApiVersion")
+    """REST API version: 16 for 1.10.x, 20 for 1.12.0, ..."""
+    dicom_aet: str = Field(default="", alias="DicomAet")
+    """The server's own DICOM application entity title."""
+    dicom_port: int | None = Field(default=None, alias="DicomPort")
+    """The DICOM port the server listens on."""
+    http_port: int | None = Field(default=None, alias="HttpPort")
+    """The HTTP port the server listens on."""
+    database_version: int | None = Field(default=None, alias="DatabaseVersion")
+    """Schema version of the index database."""
+    database_backend_plugin: str | None = Field(default=None, alias="DatabaseBackendPlugin")
+    """Path of the database plugin, ``None`` for the built-in SQLite index."""
+    storage_area_plugin: str | None = Field(default=None, alias="StorageAreaPlugin")
+    """Path of the storage plugin, ``None`` for the built-in file storage."""
+    plugins_enabled: bool = Field(default=False, alias="PluginsEnabled")
+    """Whether the server loads plugins."""
+    check_revisions: bool = Field(default=False, alias="CheckRevisions")
+    """Whether metadata and attachments are protected by revisions."""
+    capabilities: Capabilities = Field(default_factory=Capabilities, alias="Capabilities")
+    """Optional features of the server's database."""
+
+
+class Requirement(NamedTuple):
+    """What a feature needs: a minimum REST API version and optionally a capability."""
+
+    api_version: int
+    orthanc: str
+    capability: str | None = None
+
+
+#: Features that an older server silently ignores instead of refusing: each is checked
+#: against ``/system`` before anything is sent.
+FEATURES: dict[str, Requirement] = {
+    "RequestedTags": Requirement(17, "1.11.0"),
+    "Labels": Requirement(20, "1.12.0"),
+    "LabelsConstraint": Requirement(20, "1.12.0"),
+    "OrderBy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
+    "MetadataQuery": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
+    "ParentPatient": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
+    "ParentStudy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
+    "ParentSeries": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
+    "ResponseContent": Requirement(
+        26, "1.12.5 with an extended-find database", "has_extended_find"
+    ),
+    "numpy": Requirement(16, "1.10.0"),
+}
+
+
+class Change(BaseModel):
+    """One entry of Orthanc's change feed (``GET /changes``)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+
+    seq: int = Field(alias="Seq")
+    """Sequence number: increases with every logged change."""
+    change_type: str = Field(alias="ChangeType")
+    """``NewInstance``, ``NewSeries``, ``StableStudy``, ``UpdatedMetadata``, ..."""
+    resource_type: str = Field(alias="ResourceType")
+    """``Patient``, ``Study``, ``Series`` or ``Instance``."""
+    id: str = Field(alias="ID")
+    """Orthanc ID of the resource."""
+    path: str = Field(default="", alias="Path")
+    """REST path of the resource."""
+    date: OrthancTime = Field(default=None, alias="Date")
+    """When the change was logged (server time, naive)."""
+
+
+class ChangePage(BaseModel):
+    """One page of the change feed."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    changes: tuple[Change, ...] = Field(default=(), alias="Changes")
+    """The changes, oldest first."""
+    done: bool = Field(default=True, alias="Done")
+    """Whether this page reaches the end of the feed."""
+    last: int = Field(default=0, alias="Last")
+    """The sequence number to ask from next (``since=last``)."""
+
+
+class Server:
+    """One Orthanc server as the rest of the package sees it.
+
+    Args:
+        url: server URL; ``user:password@`` in it is moved into the credentials.
+        auth: ``(user, password)`` for HTTP basic authentication.
+        token: a bearer token instead of basic authentication.
+        timeout: seconds, or ``(connect, read)`` seconds.
+        retries: retries of requests that are safe to repeat.
+        verify: TLS verification, as in :mod:`requests`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        token: str | None = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        verify: bool | str = True,
+    ) -> None:
+        self._transport = Transport(
+            url, auth=auth, token=token, timeout=timeout, retries=retries, verify=verify
+        )
+        self._system: SystemInfo | None = None
+        self._system_lock = threading.Lock()
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server URL, without credentials."""
+        return self._transport.base_url
+
+    @property
+    def username(self) -> str | None:
+        """The user name sent to the server, if any."""
+        return self._transport.username
+
+    @property
+    def credentials_fingerprint(self) -> str:
+        """A one-way digest of the credentials (caches keyed by server and user use it)."""
+        return self._transport.fingerprint
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests this client has sent (retries included): the cost of what it did."""
+        return self._transport.request_count
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._transport.close()
+
+    # -- server info and gates -----------------------------------------------------------------
+
+    @property
+    def system(self) -> SystemInfo:
+        """Server name, version and capabilities (``GET /system``), fetched once."""
+        if self._system is None:
+            with self._system_lock:
+                if self._system is None:
+                    self._system = SystemInfo.model_validate(self.get_json("/system"))
+        return self._system
+
+    def supports(self, feature: str) -> bool:
+        """Whether the server honours ``feature`` (a key of :data:`FEATURES`)."""
+        need = FEATURES[feature]
+        info = self.system
+        if info.api_version < need.api_version:
+            return False
+        return need.capability is None or bool(getattr(info.capabilities, need.capability))
+
+    def require(self, feature: str) -> None:
+        """Raise :class:`UnsupportedByServer` unless the server honours ``feature``.
+
+        Every request field that an older Orthanc would silently ignore goes through here.
+        """
+        if feature not in FEATURES:
+            raise KeyError(f"unknown feature {feature!r}; known: {', '.join(sorted(FEATURES))}")
+        if not self.supports(feature):
+            need = FEATURES[feature]
+            info = self.system
+            raise UnsupportedByServer(feature, need.orthanc, info.version, info.api_version)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def get_json(self, path: str, params: Params | None = None) -> Any:
+        """``GET path`` and decode the JSON answer (``None`` if empty)."""
+        return self._transport.get_json(path, params)
+
+    def post_json(self, path: str, body: Any = None, *, repeatable: bool | None = None) -> Any:
+        """``POST path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
+        return self._transport.post_json(path, body, repeatable=repeatable)
+
+    def put_json(self, path: str, body: Any = None) -> Any:
+        """``PUT path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
+        return self._transport.put_json(path, body)
+
+    def delete(self, path: str) -> Any:
+        """``DELETE path`` and decode the answer (``None`` if empty)."""
+        return self._transport.delete(path)
+
+    def get_bytes(self, path: str) -> bytes:
+        """``GET path`` and return the raw body."""
+        return self._transport.request("GET", path).content
+
+    def post_bytes(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        repeatable: bool | None = None,
+    ) -> Reply:
+        """``POST path`` with a raw body and return the whole answer."""
+        headers = {"Content-Type": content_type} if content_type else None
+        return self._transport.request(
+            "POST", path, data=data, headers=headers, repeatable=repeatable
+        )
+
+    def post_for_bytes(self, path: str, body: Any = None) -> bytes:
+        """``POST path`` with a JSON body and return the raw answer (e.g. a modified file)."""
+        return self._transport.request("POST", path, json_body=body).content
+
+    def download(
+        self,
+        method: str,
+        path: str,
+        sink: Callable[[Iterator[bytes]], _R],
+        *,
+        json_body: Any = None,
+        long: bool = False,
+    ) -> _R:
+        """Stream an answer into ``sink``; a body broken midway is fetched again.
+
+        See :meth:`kkorthanc._transport.Transport.download`.
+        """
+        return self._transport.download(method, path, sink, json_body=json_body, long=long)
+
+    def channel(self) -> BinaryChannel:
+        """A keep-alive connection of its own for one thread's stream of binary uploads."""
+        return self._transport.channel()
+
+    # -- paging ------------------------------------------------------------------------------
+
+    def iter_listings(
+        self,
+        paths: Sequence[str],
+        *,
+        page_size: int = 1000,
+        params: Params | None = None,
+        prefetch: bool = False,
+    ) -> Iterator[tuple[str, list[Any]]]:
+        """The raw JSON pages of expanded listings, one listing after another.
+
+        ``GET path?expand&since=N&limit=page_size``: one request per page. With
+        ``prefetch`` the next page is on its way while the caller reads the current one.
+        """
+        return self._transport.iter_listings(
+            paths, page_size=page_size, params=params, prefetch=prefetch
+        )
+
+    def iter_pages(
+        self, path: str, *, page_size: int = 1000, params: Params | None = None
+    ) -> Iterator[list[Any]]:
+        """The raw JSON pages of one expanded listing (see :meth:`iter_listings`)."""
+        for _, page in self.iter_listings([path], page_size=page_size, params=params):
+            yield page
+
+    def last_change(self) -> int:
+        """The newest sequence number of the change feed (``GET /changes?last``), one request."""
+        answer = self.get_json("/changes", {"last": ""})
+        return int(answer.get("Last") or 0) if isinstance(answer, dict) else 0
+
+    def changes(self, since: int = 0, limit: int = 1000) -> ChangePage:
+        """One page of the change feed: the changes after sequence number ``since``.
+
+        ``GET /changes?since=N&limit=M``, one request. Page on with ``since=page.last``
+        until ``page.done``. Orthanc logs new, stable, modified and updated resources;
+        it does not log deletions.
+        """
+        if since < 0 or limit < 1:
+            raise ValueError(f"changes() needs since >= 0 and limit >= 1, not {since}, {limit}")
+        answer = self.get_json("/changes", {"since": since, "limit": limit})
+        return ChangePage.model_validate(answer)
+
+    def bulk_json(
+        self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Expanded JSON of many resources by Orthanc ID, in the order the server sends them.
+
+        ``POST /tools/bulk-content`` (Orthanc 1.9.4+): one request per ``chunk_size`` IDs.
+        IDs the server does not know are left out. ``level`` is Orthanc's level name
+        (``"Patient"``, ...): each ID is then replaced by its ancestors or descendants of
+        that level.
+        """
+        wanted = sorted(set(ids))  # sorted: the same request bodies every time
+        found: list[dict[str, Any]] = []
+        for part in chunks(wanted, max(1, chunk_size)):
+            body: dict[str, Any] = {"Resources": list(part)}
+            if level is not None:
+                body["Level"] = level
+            answer = self.post_json("/tools/bulk-content", body, repeatable=True)
+            found.extend(item for item in answer or () if isinstance(item, dict))
+        return found
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    """Split a sequence into slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
