@@ -1143,8 +1143,7 @@ class _Updater:
         budget = max(REBUILD_AFTER_CHANGES, self.forest.counts.total // 2)
         changes: list[Change] = []
         position = since
-        while True:
-            page = self.client.changes(position, CHANGES_PAGE)
+        for page in self.client.iter_changes(since, CHANGES_PAGE):
             if not page.changes:
                 if page.last < position:
                     raise _FeedGap(
@@ -1158,7 +1157,7 @@ class _Updater:
                         f"(it now starts after seq {page.last})",
                         changes,
                     )
-                return changes, position
+                break
             if position == since and page.changes[0].seq != since + 1:
                 raise _FeedGap(
                     f"the changes after seq {since} are no longer in the feed "
@@ -1172,8 +1171,7 @@ class _Updater:
                     f"more than {budget} changes since seq {since}: rebuilding costs less",
                     changes,
                 )
-            if page.done:
-                return changes, position
+        return changes, position
 
     @staticmethod
     def _classify(changes: Iterable[Change]) -> tuple[set[str], set[str], set[str], set[str]]:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from .errors import OrthancError, QueryError, UnknownKeyword
+from .errors import QueryError, UnknownKeyword
 from .models import Instance, Level, Patient, Resource, Series, Study, level_class
 from .tags import (
     MAIN_DICOM_TAGS,
@@ -701,27 +700,16 @@ def _find_pages(
     limit: int | None,
     page_size: int,
 ) -> Iterator[R]:
-    since = 0
-    while True:
-        want = page_size if limit is None else min(page_size, limit - since)
-        body: dict[str, Any] = {
-            "Level": compiled.level,
-            "Query": compiled.request_query(),
-            "Expand": True,
-            "CaseSensitive": compiled.case_sensitive,
-            **extra,
-            "Since": since,
-            "Limit": want,
-        }
-        page = client.post_json("/tools/find", body, repeatable=True)
-        if not isinstance(page, list):
-            shown = json.dumps(page)[:80]
-            raise OrthancError(f"POST /tools/find: expected a JSON list, got {shown}")
+    body: dict[str, Any] = {
+        "Level": compiled.level,
+        "Query": compiled.request_query(),
+        "Expand": True,
+        "CaseSensitive": compiled.case_sensitive,
+        **extra,
+    }
+    for page in client.iter_find(body, page_size=page_size, limit=limit):
         for item in page:
             yield cls.from_orthanc(item, client)
-        since += len(page)
-        if len(page) < want or (limit is not None and since >= limit):
-            return
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ capability gates read from ``/system``. It builds no models: it hands over JSON.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._transport import DEFAULT_TIMEOUT, BinaryChannel, Params, Reply, Timeout, Transport
-from .errors import UnsupportedByServer
+from .errors import OrthancError, UnsupportedByServer
 from .values import OrthancTime
 
 _R = TypeVar("_R")
@@ -310,6 +311,45 @@ class Server:
             raise ValueError(f"changes() needs since >= 0 and limit >= 1, not {since}, {limit}")
         answer = self.get_json("/changes", {"since": since, "limit": limit})
         return ChangePage.model_validate(answer)
+
+    def iter_changes(self, since: int = 0, page_size: int = 1000) -> Iterator[ChangePage]:
+        """The change feed after ``since``, page by page, up to the page that says ``done``.
+
+        ``GET /changes?since=N&limit=page_size``, one request per page; a page with no
+        changes ends the feed too. The caller may stop early.
+        """
+        position = since
+        while True:
+            page = self.changes(position, page_size)
+            yield page
+            if page.done or not page.changes:
+                return
+            position = page.changes[-1].seq
+
+    def iter_find(
+        self, body: dict[str, Any], *, page_size: int = 1000, limit: int | None = None
+    ) -> Iterator[list[Any]]:
+        """Pages of ``POST /tools/find`` answers, ``Since``/``Limit`` set page by page.
+
+        One request per page of ``page_size``, ending at a short page or at ``limit``
+        resources in all.
+
+        Raises:
+            OrthancError: the server's answer is not a JSON list.
+        """
+        since = 0
+        while True:
+            want = page_size if limit is None else min(page_size, limit - since)
+            page = self.post_json(
+                "/tools/find", {**body, "Since": since, "Limit": want}, repeatable=True
+            )
+            if not isinstance(page, list):
+                shown = json.dumps(page)[:80]
+                raise OrthancError(f"POST /tools/find: expected a JSON list, got {shown}")
+            yield page
+            since += len(page)
+            if len(page) < want or (limit is not None and since >= limit):
+                return
 
     def bulk_json(
         self, ids: Iterable[str], *, level: str | None = None, chunk_size: int = 1000
