@@ -12,9 +12,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._transport import DEFAULT_TIMEOUT, Timeout
 from .models import Instance, Patient, Resource, Series, Study, level_class
-from .server import FEATURES, Capabilities, Requirement, Server, SystemInfo, chunks
+from .server import (
+    DEFAULT_TIMEOUT,
+    FEATURES,
+    Capabilities,
+    Requirement,
+    Server,
+    SystemInfo,
+    Timeout,
+    chunks,
+)
 
 if TYPE_CHECKING:
     from .jobs import Job

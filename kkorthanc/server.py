@@ -372,6 +372,22 @@ class Server:
         return found
 
 
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "FEATURES",
+    "BinaryChannel",
+    "Capabilities",
+    "Change",
+    "ChangePage",
+    "Reply",
+    "Requirement",
+    "Server",
+    "SystemInfo",
+    "Timeout",
+    "chunks",
+]
+
+
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     """Split a sequence into slices of at most ``size``."""
     for start in range(0, len(items), size):
