@@ -62,6 +62,7 @@ class PostgresCluster:
         self.folder: Path | None = None
         self.pid: int | None = None
         self._bin: Path | None = None
+        self._created = 0
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -127,8 +128,16 @@ class PostgresCluster:
 
     # -- what Orthanc needs ------------------------------------------------------------------
 
-    def orthanc_config(self) -> dict[str, Any]:
-        """The ``PostgreSQL`` section of an Orthanc configuration using this cluster's index.
+    def create_database(self) -> str:
+        """A new empty database in the cluster (one per sandbox server); returns its name."""
+        self._created += 1
+        name = f"{self.database}{self._created}"
+        self._run("createdb", "-h", self.host, "-p", str(self.port), "-U", self.user, name)
+        return name
+
+    def orthanc_config(self, database: str | None = None) -> dict[str, Any]:
+        """The ``PostgreSQL`` section of an Orthanc configuration using this cluster's index
+        (in ``database``, by default the cluster's first).
 
         ``Lock: false`` lets several Orthanc processes share the database.
         """
@@ -137,7 +146,7 @@ class PostgresCluster:
             "EnableStorage": False,
             "Host": self.host,
             "Port": self.port,
-            "Database": self.database,
+            "Database": database or self.database,
             "Username": self.user,
             "Password": "",
             "Lock": False,

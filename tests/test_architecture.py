@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("query", "display", "frames", "jobs"),
     ("modalities", "transfer", "forest"),
     ("client",),
-    ("__init__", "sandbox"),
+    ("__init__", "sandbox", "postgres"),
     ("cli",),
 )
 
