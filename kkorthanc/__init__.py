@@ -45,7 +45,7 @@ from .server import Server
 from .tags import PersonName
 from .transfer import ExportReport, UploadItem, UploadReport
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AmbiguousIdentifier",

@@ -14,7 +14,13 @@ if TYPE_CHECKING:
 
 
 class OrthancError(Exception):
-    """Root of every error raised by kkorthanc."""
+    """Root of every error raised by kkorthanc.
+
+    Every one survives pickling (a process pool can raise it), whatever its constructor takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy(), self.args))
 
 
 class OrthancConnectionError(OrthancError):
@@ -37,24 +43,44 @@ class InvalidRequest(OrthancError, ValueError):
 
 
 class UnsupportedByServer(OrthancError):
-    """A feature needs a newer Orthanc than the server runs.
+    """A feature needs a newer Orthanc, or a database with a capability, than the server has.
 
     Raised before anything is sent: an older server would silently ignore the request field
-    and return unfiltered results.
+    and return unfiltered results, a database without the capability would fail.
+
+    Attributes:
+        feature: the request field or operation, e.g. ``Labels``.
+        needed: the oldest Orthanc version that has it.
+        server_version: the server's version.
+        api_version: the server's REST API version.
+        database: what the database must do too, in words (empty when nothing).
+        lacking: what this server's database lacks, in words (empty when only the version
+            is too old).
     """
 
-    def __init__(self, feature: str, needed: str, server_version: str, api_version: int) -> None:
+    def __init__(
+        self,
+        feature: str,
+        needed: str,
+        server_version: str,
+        api_version: int,
+        *,
+        database: str = "",
+        lacking: str = "",
+    ) -> None:
         self.feature = feature
         self.needed = needed
         self.server_version = server_version
         self.api_version = api_version
+        self.database = database
+        self.lacking = lacking
+        also = f" and {database}" if database else " or newer"
+        server = f"{server_version} (REST API {api_version})"
         super().__init__(
-            f"{feature} needs Orthanc {needed} or newer; the server runs {server_version} "
-            f"(REST API {api_version})"
+            f"{feature} needs Orthanc {needed}{also}; this server: {server}"
+            + (f", {lacking}" if lacking else "")
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.feature, self.needed, self.server_version, self.api_version))
 
 
 class OrthancHTTPError(OrthancError):
@@ -83,7 +109,6 @@ class OrthancHTTPError(OrthancError):
         self.method = method
         self.url = url
         self.body = body
-        self._text = text
         fields = body or {}
         self.orthanc_error: str | None = _str_or_none(fields.get("OrthancError"))
         raw_status = fields.get("OrthancStatus")
@@ -98,8 +123,6 @@ class OrthancHTTPError(OrthancError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.args[0]!r})"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.status, self.method, self.url, self.body, self._text))
 
 
 class BadRequest(OrthancHTTPError):
@@ -137,8 +160,6 @@ class JobFailed(OrthancError):
         why = details or description or "no reason given"
         super().__init__(f"job {job_id} failed: {why}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.job_id, self.error_code, self.description, self.details))
 
 
 class JobTimeout(OrthancError, TimeoutError):
@@ -171,8 +192,6 @@ class UnknownKeyword(QueryError):
             f"(patient_name) or number (0010,0010) of a main DICOM tag{hint}"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.suggestions))
 
 
 # -- the forest ---------------------------------------------------------------------------------
@@ -196,8 +215,6 @@ class AmbiguousIdentifier(OrthancError, LookupError):
         super().__init__(message)
         self.matches = tuple(matches)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.args[0], self.matches))
 
 
 # -- remote modalities --------------------------------------------------------------------------
@@ -222,8 +239,6 @@ class ModalityError(OrthancError):
         self.status = status
         super().__init__(f"{self.operation} with modality {modality!r} failed: {reason}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.modality, self.reason, self.status))
 
 
 class EchoFailed(ModalityError):
@@ -279,8 +294,6 @@ class TransferFailed(OrthancError):
         more = f"; and {count - 10} more" if count > 10 else ""
         super().__init__(f"{count} of {total} items were not {self.verb}: {shown}{more}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.report, self.items))
 
 
 class UploadFailed(TransferFailed):
@@ -321,6 +334,14 @@ def error_class_for(status: int) -> type[OrthancHTTPError]:
     if status >= 500:
         return ServerError
     return OrthancHTTPError
+
+
+def _rebuild(cls: type[Exception], state: dict[str, Any], args: tuple[Any, ...]) -> Exception:
+    """Unpickle an exception whose constructor takes other arguments than ``args``."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 def _str_or_none(value: object) -> str | None:

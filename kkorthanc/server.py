@@ -65,30 +65,63 @@ class SystemInfo(BaseModel):
     """Whether metadata and attachments are protected by revisions."""
     capabilities: Capabilities = Field(default_factory=Capabilities, alias="Capabilities")
     """Optional features of the server's database."""
+    has_labels: bool | None = Field(default=None, alias="HasLabels")
+    """Whether the database stores labels, where Orthanc 1.12.0 to 1.12.4 say it (at the top
+    level of ``/system``; 1.12.5 moved it under ``Capabilities``)."""
+
+    @property
+    def stores_labels(self) -> bool:
+        """Whether the database stores labels, read from where this version says it."""
+        return bool(self.has_labels) or self.capabilities.has_labels
+
+    @property
+    def index(self) -> str:
+        """The index database in words: ``SQLite index`` or ``PostgreSQL index``, ..."""
+        plugin = self.database_backend_plugin
+        if not plugin:
+            return "SQLite index"
+        name = plugin.rsplit("/", 1)[-1].lower()
+        for known, words in (("postgresql", "PostgreSQL"), ("mysql", "MySQL"), ("odbc", "ODBC")):
+            if known in name:
+                return f"{words} index"
+        return f"index plugin {plugin.rsplit('/', 1)[-1]}"
 
 
 class Requirement(NamedTuple):
     """What a feature needs: a minimum REST API version and optionally a capability."""
 
     api_version: int
+    """The oldest REST API version that has it."""
     orthanc: str
+    """That version as users know it, e.g. ``1.12.0``."""
     capability: str | None = None
+    """A boolean property of :class:`SystemInfo` that must be true too."""
+    database: str = ""
+    """What the capability asks of the database, in words (for error messages)."""
+    missing: str = ""
+    """How a database without the capability is described, in words."""
+
+
+_EXTENDED_FIND = Requirement(
+    26, "1.12.5", "has_extended_find", "an index with extended find", "without extended find"
+)
+_LABELS = Requirement(
+    20, "1.12.0", "stores_labels", "a database that stores labels", "without labels"
+)
 
 
 #: Features that an older server silently ignores instead of refusing: each is checked
 #: against ``/system`` before anything is sent.
 FEATURES: dict[str, Requirement] = {
     "RequestedTags": Requirement(17, "1.11.0"),
-    "Labels": Requirement(20, "1.12.0"),
-    "LabelsConstraint": Requirement(20, "1.12.0"),
-    "OrderBy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "MetadataQuery": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentPatient": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentStudy": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ParentSeries": Requirement(26, "1.12.5 with an extended-find database", "has_extended_find"),
-    "ResponseContent": Requirement(
-        26, "1.12.5 with an extended-find database", "has_extended_find"
-    ),
+    "Labels": _LABELS,
+    "LabelsConstraint": _LABELS,
+    "OrderBy": _EXTENDED_FIND,
+    "MetadataQuery": _EXTENDED_FIND,
+    "ParentPatient": _EXTENDED_FIND,
+    "ParentStudy": _EXTENDED_FIND,
+    "ParentSeries": _EXTENDED_FIND,
+    "ResponseContent": _EXTENDED_FIND,
     "numpy": Requirement(16, "1.10.0"),
 }
 
@@ -196,19 +229,37 @@ class Server:
         info = self.system
         if info.api_version < need.api_version:
             return False
-        return need.capability is None or bool(getattr(info.capabilities, need.capability))
+        return need.capability is None or bool(getattr(info, need.capability))
 
     def require(self, feature: str) -> None:
         """Raise :class:`UnsupportedByServer` unless the server honours ``feature``.
 
-        Every request field that an older Orthanc would silently ignore goes through here.
+        Every request field that an older Orthanc would silently ignore, or that a database
+        without the capability would answer with an error, goes through here: the version
+        AND the capability are checked, and the error names both.
         """
         if feature not in FEATURES:
             raise KeyError(f"unknown feature {feature!r}; known: {', '.join(sorted(FEATURES))}")
         if not self.supports(feature):
             need = FEATURES[feature]
             info = self.system
-            raise UnsupportedByServer(feature, need.orthanc, info.version, info.api_version)
+            lacking = ""
+            if need.capability is not None and info.api_version >= need.api_version:
+                lacking = f"{info.index} {need.missing}"
+            raise UnsupportedByServer(
+                feature,
+                need.orthanc,
+                info.version,
+                info.api_version,
+                database=need.database,
+                lacking=lacking,
+            )
+
+    @property
+    def requested_tags_parameter(self) -> str:
+        """The listing parameter for requested tags this server reads: ``requestedTags``
+        (1.11.0 to 1.12.3), ``requested-tags`` (1.12.4 renamed it; the old name stays)."""
+        return "requested-tags" if self.system.api_version >= 24 else "requestedTags"
 
     # -- requests ------------------------------------------------------------------------------
 
