@@ -1,0 +1,268 @@
+"""The uploader: worker threads that read, pre-check and ``POST /instances`` each item."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    Forbidden,
+    NotFound,
+    OrthancConnectionError,
+    OrthancHTTPError,
+    ServerError,
+    Unauthorized,
+)
+from .progress import _progress_bar
+from .reports import UploadItem, UploadReport, UploadStatus
+from .sources import _check_source, _not_dicom, _os_reason, _Producer, _read_capped, _Task
+
+if TYPE_CHECKING:
+    from .._transport import BinaryChannel
+    from ..server import Server
+
+#: Largest file or archive member :func:`upload` reads (2 GiB); larger ones are rejected.
+DEFAULT_MAX_MEMBER_SIZE = 2 * 1024**3
+#: Consecutive "server unreachable" failures after which :func:`upload` stops sending.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 32
+
+
+class _Uploader:
+    """Worker side of an upload: read, pre-check, POST, classify."""
+
+    def __init__(self, max_member_size: int, max_consecutive_failures: int | None) -> None:
+        self.cap = max_member_size
+        self.limit = max_consecutive_failures
+        self.lock = threading.Lock()
+        self.consecutive = 0
+        self.tripped: str | None = None
+
+    def run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
+        start = time.perf_counter()
+        item = self._run(task, channel)
+        item.seconds = time.perf_counter() - start
+        return item
+
+    def _run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
+        if task.status is not None:
+            return UploadItem(task.source, task.status, error=task.error)
+        data = task.data
+        if data is None:
+            assert task.path is not None
+            try:
+                with open(task.path, "rb", buffering=0) as stream:
+                    expected = os.fstat(stream.fileno()).st_size
+                    data = None if expected > self.cap else _read_capped(stream, self.cap, expected)
+            except OSError as exc:
+                return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
+            if data is None:
+                return UploadItem(
+                    task.source, "rejected", error=f"larger than max_member_size ({self.cap} bytes)"
+                )
+        size = len(data)
+        reason = _not_dicom(data)
+        if reason is not None:
+            return UploadItem(task.source, "rejected", size=size, error=reason)
+        if self.tripped is not None:
+            return UploadItem(task.source, "failed", size=size, error=self.tripped)
+        try:
+            content = channel.send("POST", "/instances", data, content_type="application/dicom")
+        except (Unauthorized, Forbidden):
+            raise
+        except NotFound as exc:
+            # Orthanc refuses some files with 404 ("Inexistent tag" for a DICOMDIR); a 404
+            # without Orthanc's own error, or "Unknown resource", means a wrong server URL
+            if exc.orthanc_error in (None, "Unknown resource"):
+                raise
+            return self._refused(task, size, exc)
+        except (OrthancConnectionError, ServerError) as exc:
+            unreachable = isinstance(exc, OrthancConnectionError) or exc.status in (502, 503, 504)
+            self._count_failure(unreachable, exc)
+            details = exc.details if isinstance(exc, OrthancHTTPError) else None
+            return UploadItem(task.source, "failed", size=size, error=str(exc), details=details)
+        except OrthancHTTPError as exc:  # 400 and other refusals of this one file
+            return self._refused(task, size, exc)
+        self._reset()
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            return UploadItem(
+                task.source, "failed", size=size, error="the server's answer is not a JSON object"
+            )
+        state = answer.get("Status")
+        status: UploadStatus
+        if state == "Success":
+            status = "stored"
+        elif state == "AlreadyStored":
+            status = "already_stored"
+        elif state == "FilteredOut":
+            status = "rejected"
+        else:
+            status = "failed"
+        return UploadItem(
+            task.source,
+            status,
+            instance_id=_str(answer.get("ID")),
+            parent_patient_id=_str(answer.get("ParentPatient")),
+            parent_study_id=_str(answer.get("ParentStudy")),
+            parent_series_id=_str(answer.get("ParentSeries")),
+            size=size,
+            error=None if status in ("stored", "already_stored") else f"server status {state}",
+        )
+
+    def _refused(self, task: _Task, size: int, exc: OrthancHTTPError) -> UploadItem:
+        self._reset()
+        return UploadItem(task.source, "rejected", size=size, error=str(exc), details=exc.details)
+
+    def _reset(self) -> None:
+        if self.consecutive:
+            with self.lock:
+                self.consecutive = 0
+
+    def _count_failure(self, unreachable: bool, exc: Exception) -> None:
+        with self.lock:
+            self.consecutive = self.consecutive + 1 if unreachable else 0
+            if self.limit is not None and self.consecutive >= self.limit and not self.tripped:
+                self.tripped = (
+                    f"not sent: the server was unreachable ({self.consecutive} failures in a "
+                    f"row, the last: {exc})"
+                )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def upload(
+    client: Server,
+    source: Any,
+    *,
+    workers: int = 4,
+    progress: bool = True,
+    max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
+    max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+) -> UploadReport:
+    """Upload DICOM files to the server, ``workers`` at a time; one ``POST /instances`` each.
+
+    Args:
+        client: the server to upload to.
+        source: a file, a folder (walked recursively, directory links followed once, so
+            loops end), a ``.zip``/``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2`` archive (members
+            read from the archive; archives found in folders are expanded too, archives inside
+            archives are not), ``bytes``, a pydicom ``Dataset``, or an iterable of these.
+        workers: concurrent uploads, each on a keep-alive connection of its own.
+        progress: show a tqdm progress bar (a widget in notebooks); needs the ``progress``
+            extra, and ``False`` works without it.
+        max_member_size: files and archive members larger than this are rejected unread
+            (declared size) or as soon as reading passes it, so a zip bomb cannot fill memory.
+        max_consecutive_failures: after this many "server unreachable" failures in a row the
+            remaining items are reported failed without being sent (``None``: never give up).
+
+    Returns:
+        An :class:`UploadReport` with one item per file, member, byte string or dataset.
+        Files that are clearly not DICOM (no ``DICM`` marker at byte 128 and no dataset at the
+        start; ``DICOMDIR``, ``.DS_Store``, text) are rejected without being sent; Orthanc's
+        refusals are rejected with its ``details``; transport errors after the client's
+        retries are failed. Local read errors are failed too, so a rerun tries them again.
+
+    Raises:
+        TypeError: ``source`` is of a type that cannot be uploaded.
+        FileNotFoundError: ``source`` is a path that does not exist.
+        Unauthorized, Forbidden: the server refuses every upload; the run stops.
+        NotFound: the URL is not an Orthanc REST root (``POST /instances`` is unknown there).
+
+    Costs one request per DICOM item (plus retries); nothing is parsed locally.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    if max_member_size < 1:
+        raise ValueError(f"max_member_size must be at least 1, not {max_member_size}")
+    _check_source(source)
+    started = time.perf_counter()
+    first_request = client.request_count
+    uploader = _Uploader(max_member_size, max_consecutive_failures)
+    producer = _Producer(max_member_size)
+    tasks: queue.Queue[_Task | None] = queue.Queue(maxsize=workers * 4)
+    items: list[UploadItem] = []
+    seqs: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    bar = _progress_bar(progress, None, "upload", "file")
+    problems = [0, 0]
+
+    def work() -> None:
+        with client.channel() as channel:
+            while True:
+                task = tasks.get()
+                if task is None or stop.is_set():
+                    return
+                try:
+                    item = uploader.run(task, channel)
+                except BaseException as exc:  # surfaced by the caller thread below
+                    with lock:
+                        errors.append(exc)
+                    stop.set()
+                    return
+                record(task, item)
+
+    def record(task: _Task, item: UploadItem) -> None:
+        with lock:
+            items.append(item)
+            seqs.append(task.seq)
+            bar.update(1)
+            if item.status in ("rejected", "failed"):
+                problems[item.status == "failed"] += 1
+                bar.set_postfix_str(f"{problems[0]} rejected, {problems[1]} failed", refresh=False)
+
+    threads = [
+        threading.Thread(target=work, name=f"kkorthanc-upload-{n}", daemon=True)
+        for n in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for task in producer.tasks(source):
+            while not stop.is_set():
+                try:
+                    tasks.put(task, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                break
+        bar.total = producer.seq
+        bar.refresh()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for _ in threads:
+            while True:
+                try:
+                    tasks.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    if not any(t.is_alive() for t in threads):
+                        break
+                    if stop.is_set():  # the run is abandoned: queued work is dropped
+                        with contextlib.suppress(queue.Empty):
+                            tasks.get_nowait()
+        for thread in threads:
+            thread.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+    order = sorted(range(len(items)), key=seqs.__getitem__)
+    return UploadReport(
+        items=[items[n] for n in order],
+        elapsed=time.perf_counter() - started,
+        requests=client.request_count - first_request,
+    )
