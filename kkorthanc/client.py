@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .metadata import all_labels
 from .models import Instance, Patient, Resource, Series, Study, level_class
 from .server import (
     DEFAULT_TIMEOUT,
@@ -23,6 +24,7 @@ from .server import (
     Timeout,
     chunks,
 )
+from .transfer import DEFAULT_LAYOUT
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -213,7 +215,7 @@ class Orthanc(Server):
         resources: Iterable[Resource] | Resource,
         folder: str | Path,
         *,
-        layout: str = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm",
+        layout: str = DEFAULT_LAYOUT,
         workers: int = 4,
         progress: bool = True,
     ) -> ExportReport:
@@ -223,6 +225,14 @@ class Orthanc(Server):
         return transfer.export(
             self, resources, Path(folder), layout=layout, workers=workers, progress=progress
         )
+
+    def labels(self) -> tuple[str, ...]:
+        """Every label in use on the server (``GET /tools/labels``), one request.
+
+        Needs Orthanc 1.12.0 and a database that stores labels (refused before sending
+        otherwise, with :class:`~kkorthanc.errors.UnsupportedByServer`).
+        """
+        return all_labels(self)
 
     def jobs(self) -> list[Job]:
         """All jobs the server knows (``GET /jobs?expand``), one request."""

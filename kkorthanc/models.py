@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from . import metadata as _metadata
 from ._base import ServerObject
+from .metadata import Revisioned
+from .server import path_segment
 from .values import DA, DS, DT, IS, PN, TM, MultiDS, MultiPN, MultiText, OrthancTime, Text
 
 if TYPE_CHECKING:
@@ -105,7 +108,13 @@ class Resource(ServerObject):
 
     @classmethod
     def fetch(cls: type[R], server: Server, id: str) -> R:
-        """One resource of this level by Orthanc ID (``GET /{level}/{id}``), one request."""
+        """One resource of this level by Orthanc ID (``GET /{level}/{id}``), one request.
+
+        Raises:
+            InvalidRequest: ``id`` cannot be an Orthanc ID (it would change the path).
+            NotFound: the server has no such resource.
+        """
+        path_segment(id, f"{cls.level.lower()} ID")
         return cls.from_orthanc(server.get_json(f"/{cls.collection}/{id}"), server)
 
     @classmethod
@@ -281,6 +290,65 @@ class Resource(ServerObject):
         """Disk usage and counts (``GET /{level}/{id}/statistics``), one request."""
         result: dict[str, Any] = self.client.get_json(f"{self.path}/statistics")
         return result
+
+    # -- labels, metadata, attachments -----------------------------------------------------------
+
+    def add_label(self, name: str) -> None:
+        """Attach a label (``PUT /{level}/{id}/labels/{name}``), one request; ``labels`` is
+        updated in place. Needs Orthanc 1.12.0 and a database that stores labels: refused
+        with :class:`UnsupportedByServer` before sending otherwise; a name Orthanc would
+        refuse raises :class:`InvalidRequest`."""
+        _metadata.add_label(self.client, self.path, name)
+        self.labels = tuple(sorted({*self.labels, name}))
+
+    def remove_label(self, name: str) -> None:
+        """Detach a label (``DELETE /{level}/{id}/labels/{name}``), one request; ``labels``
+        is updated in place. Gated as :meth:`add_label`."""
+        _metadata.remove_label(self.client, self.path, name)
+        self.labels = tuple(label for label in self.labels if label != name)
+
+    def metadata(self) -> dict[str, str]:
+        """Every metadata, name -> value (``GET /{level}/{id}/metadata?expand``), one request."""
+        return _metadata.list_metadata(self.client, self.path)
+
+    def get_metadata(self, name: str) -> Revisioned:
+        """One metadata with its revision (``GET /{level}/{id}/metadata/{name}``), one request.
+
+        Raises:
+            NotFound: there is no such metadata on this resource.
+        """
+        return _metadata.get_metadata(self.client, self.path, name)
+
+    def set_metadata(self, name: str, value: str, *, revision: str | None = None) -> str | None:
+        """Set a user metadata (``PUT /{level}/{id}/metadata/{name}``), one request.
+
+        Returns the new revision. With ``revision``, the write happens only if the value did
+        not change since it was read; otherwise :class:`Conflict`. A server with
+        ``CheckRevisions`` requires ``revision`` to overwrite a value.
+        """
+        return _metadata.set_metadata(self.client, self.path, name, value, revision)
+
+    def delete_metadata(self, name: str, *, revision: str | None = None) -> None:
+        """Delete a user metadata (``DELETE /{level}/{id}/metadata/{name}``), one request;
+        conditional on ``revision`` as :meth:`set_metadata`."""
+        _metadata.delete_metadata(self.client, self.path, name, revision)
+
+    def attachments(self) -> tuple[str, ...]:
+        """The names of the attachments (``GET /{level}/{id}/attachments``), one request."""
+        return _metadata.list_attachments(self.client, self.path)
+
+    def get_attachment(self, name: str) -> Revisioned:
+        """An attachment's content and revision (``GET .../attachments/{name}/data``)."""
+        return _metadata.get_attachment(self.client, self.path, name)
+
+    def set_attachment(self, name: str, data: bytes, *, revision: str | None = None) -> str | None:
+        """Store a user attachment (``PUT /{level}/{id}/attachments/{name}``), one request;
+        returns the new revision, conditional on ``revision`` as :meth:`set_metadata`."""
+        return _metadata.set_attachment(self.client, self.path, name, data, revision)
+
+    def delete_attachment(self, name: str, *, revision: str | None = None) -> None:
+        """Delete a user attachment (``DELETE /{level}/{id}/attachments/{name}``)."""
+        _metadata.delete_attachment(self.client, self.path, name, revision)
 
     def _repr_html_(self) -> str:
         from . import display

@@ -10,6 +10,7 @@ capability gates read from ``/system``. It builds no models: it hands over JSON.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._transport import DEFAULT_TIMEOUT, BinaryChannel, Params, Reply, Timeout, Transport
-from .errors import OrthancError, UnsupportedByServer
+from .errors import InvalidRequest, OrthancError, UnsupportedByServer
 from .values import OrthancTime
 
 _R = TypeVar("_R")
@@ -279,6 +280,28 @@ class Server:
         """``DELETE path`` and decode the answer (``None`` if empty)."""
         return self._transport.delete(path)
 
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: Params | None = None,
+        repeatable: bool | None = None,
+    ) -> Reply:
+        """Any request; the whole answer (status, headers, body). Error statuses raise."""
+        return self._transport.request(
+            method,
+            path,
+            data=data,
+            json_body=json_body,
+            headers=headers,
+            params=params,
+            repeatable=repeatable,
+        )
+
     def get_bytes(self, path: str) -> bytes:
         """``GET path`` and return the raw body."""
         return self._transport.request("GET", path).content
@@ -436,7 +459,23 @@ __all__ = [
     "SystemInfo",
     "Timeout",
     "chunks",
+    "path_segment",
 ]
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
+
+
+def path_segment(value: str, what: str) -> str:
+    """``value`` if it is safe as one segment of a REST path (an Orthanc ID, a job ID, ...).
+
+    Raises:
+        InvalidRequest: it would change the path (``/``, ``..``, ``?``, ``%``, spaces...), so
+            it cannot be what ``what`` names; nothing is sent.
+    """
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
+        raise InvalidRequest(f"not a valid {what}: {value!r}")
+    return value
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "tags", "synthetic"),
     ("values", "_transport"),
     ("server",),
-    ("_base",),
+    ("_base", "metadata"),
     ("models",),
     ("query", "display", "frames", "jobs"),
     ("modalities", "transfer", "forest"),
