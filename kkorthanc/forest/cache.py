@@ -1,0 +1,125 @@
+"""The cached entry point, :func:`build_patient_forest`: one forest per server and user."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from cachetools import TTLCache
+
+from .build import DEFAULT_PAGE_SIZE, _check_depth, _check_page_size
+from .model import PatientForest, load_forest
+from .reports import CacheInfo
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+#: seconds a built forest stays in the cache of :func:`build_patient_forest`
+DEFAULT_TTL = 60.0
+#: forests kept in the cache (one per server, user, depth and page size)
+DEFAULT_MAXSIZE = 16
+
+
+class ForestCache:
+    """:func:`build_patient_forest`: builds forests and keeps them for a while.
+
+    The cache is a :class:`cachetools.TTLCache` keyed by the server URL, the user name, a
+    fingerprint of the credentials (never the credentials themselves), the depth and the page
+    size: two clients of the same server and user share a forest. A lock makes two threads
+    asking at once build it once.
+    """
+
+    def __init__(self, ttl: float = DEFAULT_TTL, maxsize: int = DEFAULT_MAXSIZE) -> None:
+        self._lock = threading.Lock()
+        self._building: dict[tuple[Any, ...], threading.Lock] = {}
+        self._cache: TTLCache[tuple[Any, ...], PatientForest] = TTLCache(maxsize, ttl)
+        self._hits = 0
+        self._misses = 0
+
+    def __call__(
+        self,
+        client: Server,
+        *,
+        depth: str = "instance",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        refresh: bool = False,
+    ) -> PatientForest:
+        """The patient forest of a server, from the cache or built now.
+
+        Args:
+            client: the server to read.
+            depth: the deepest level to list: ``"instance"`` (everything), ``"series"``
+                (no instance listing; ``series.instances`` then loads lazily, one request
+                per series), ``"study"`` or ``"patient"``.
+            page_size: resources per listing request.
+            refresh: build again even if a cached forest is still fresh.
+
+        Requests: none when cached; else ``GET /changes?last`` and one
+        ``GET /{level}?expand&since&limit`` per page of each level down to ``depth``
+        (200 patients, 600 studies, 2,400 series and 24,000 instances: 11 requests).
+
+        Raises:
+            ValueError: an unknown depth or a bad page size.
+            OrthancError: the server refused or could not be reached.
+        """
+        checked = _check_depth(depth)
+        size = _check_page_size(page_size)
+        key = (client.url, client.username, client.credentials_fingerprint, checked, size)
+        if not refresh:
+            cached = self._get(key)
+            if cached is not None:
+                return cached
+        with self._lock:
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            if not refresh:  # another thread may have built it while this one waited
+                cached = self._get(key)
+                if cached is not None:
+                    return cached
+            forest = load_forest(client, depth=checked, page_size=size)
+            with self._lock:
+                self._misses += 1
+                self._cache[key] = forest
+            return forest
+
+    def _get(self, key: tuple[Any, ...]) -> PatientForest | None:
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._hits += 1
+            return found
+
+    def cache_clear(self) -> None:
+        """Forget every cached forest."""
+        with self._lock:
+            self._cache.clear()
+            self._building.clear()
+            self._hits = self._misses = 0
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, size and time-to-live of the cache."""
+        with self._lock:
+            return CacheInfo(
+                self._hits,
+                self._misses,
+                int(self._cache.maxsize),
+                len(self._cache),
+                float(self._cache.ttl),
+            )
+
+    def configure(self, *, ttl: float | None = None, maxsize: int | None = None) -> None:
+        """Change the time-to-live (seconds) or the size of the cache; empties it."""
+        with self._lock:
+            self._cache = TTLCache(
+                maxsize if maxsize is not None else int(self._cache.maxsize),
+                ttl if ttl is not None else float(self._cache.ttl),
+            )
+            self._building.clear()
+
+
+build_patient_forest = ForestCache()
+"""Build (or take from the cache) the patient forest of a server; see :class:`ForestCache`.
+
+``build_patient_forest(client, *, depth="instance", page_size=4000, refresh=False)``;
+``build_patient_forest.cache_clear()`` empties the cache.
+"""

@@ -1,0 +1,316 @@
+"""The patient forest itself: the levels, lookups by identifier, views, and updates."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..errors import AmbiguousIdentifier, NotInForest
+from ..models import LEVELS, Instance, Patient, Resource, Series, Study, level_class
+from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _load
+from .reports import ForestCounts, UpdateReport
+from .state import LevelView, _count, _State
+from .update import _Updater
+
+if TYPE_CHECKING:
+    import pandas
+
+    from ..server import Server
+
+
+class PatientForest:
+    """Every patient, study, series and instance of a server, linked and indexed in memory.
+
+    Build one with :func:`build_patient_forest`. Everything here reads memory: walking
+    ``forest.patients[0].studies[0].series`` and the parent links, the indexes and the counts
+    cost no request. Only :meth:`update`, and relations below the forest's ``depth``
+    (``series.instances`` in a forest built with ``depth="series"``), talk to the server.
+
+    Attributes:
+        client: the client that built the forest (lazy loads and updates go through it).
+        depth: the deepest level listed: ``"patient"``, ``"study"``, ``"series"`` or
+            ``"instance"``.
+        page_size: resources per listing page.
+    """
+
+    def __init__(self, client: Server, depth: Depth, page_size: int, state: _State) -> None:
+        self.client = client
+        self.depth: Depth = depth
+        self.page_size = page_size
+        self._state = state
+        self._version = 0
+        self._lock = threading.RLock()
+        self._patients: LevelView[Patient] = LevelView(self, Patient)
+        self._studies: LevelView[Study] = LevelView(self, Study)
+        self._series: LevelView[Series] = LevelView(self, Series)
+        self._instances: LevelView[Instance] = LevelView(self, Instance)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    @property
+    def built_at(self) -> datetime.datetime:
+        """When the forest was (last re)built, UTC."""
+        return self._state.built_at
+
+    @property
+    def last_seq(self) -> int:
+        """The change-feed sequence number the forest is up to date with."""
+        return self._state.last_seq
+
+    def __repr__(self) -> str:
+        counts = self.counts
+        return (
+            f"<PatientForest {self.client.url}: {counts.patients} patients, "
+            f"{counts.studies} studies, {counts.series} series, {counts.instances} instances; "
+            f"seq {self.last_seq}, depth {self.depth}>"
+        )
+
+    # -- collections --------------------------------------------------------------------------
+
+    @property
+    def patients(self) -> LevelView[Patient]:
+        """Every patient, in the server's order; call it with a PatientID to find one."""
+        return self._patients
+
+    @property
+    def studies(self) -> LevelView[Study]:
+        """Every study of every patient; call it with a StudyInstanceUID to find one."""
+        return self._studies
+
+    @property
+    def series(self) -> LevelView[Series]:
+        """Every series; ``forest.series(series_instance_uid)`` finds one (O(1))."""
+        return self._series
+
+    @property
+    def instances(self) -> LevelView[Instance]:
+        """Every instance (empty unless the forest was built with ``depth="instance"``)."""
+        return self._instances
+
+    @property
+    def counts(self) -> ForestCounts:
+        """Resources per level. The level just below the forest's depth is counted from the
+        child-ID lists of the deepest level; levels further down count 0."""
+        return ForestCounts(*(_count(self._state, cls) for cls in LEVELS))
+
+    def __len__(self) -> int:
+        """The number of patients."""
+        return len(self._state.tables[Patient])
+
+    def __iter__(self) -> Iterator[Patient]:
+        """The patients."""
+        return iter(self._patients)
+
+    def __contains__(self, item: object) -> bool:
+        """Whether a resource (or an identifier) is in the forest."""
+        if isinstance(item, Resource):
+            return self._state.holds(item)
+        if isinstance(item, str):
+            return bool(self.lookup(item))
+        return False
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def patient(self, patient_id: str) -> Patient:
+        """The patient with this PatientID (or Orthanc ID): O(1), no request.
+
+        Raises:
+            NotInForest: no such patient.
+        """
+        found: Patient = self._one(Patient, patient_id)
+        return found
+
+    def study(self, study_instance_uid: str) -> Study:
+        """The study with this StudyInstanceUID (or Orthanc ID): O(1), no request.
+
+        Raises:
+            NotInForest: no such study.
+            AmbiguousIdentifier: studies of several patients share the UID.
+        """
+        found: Study = self._one(Study, study_instance_uid)
+        return found
+
+    def instance(self, sop_instance_uid: str) -> Instance:
+        """The instance with this SOPInstanceUID (or Orthanc ID): O(1), no request.
+
+        Raises:
+            NotInForest: no such instance (or the forest holds no instances).
+            AmbiguousIdentifier: several instances share the UID.
+        """
+        found: Instance = self._one(Instance, sop_instance_uid)
+        return found
+
+    def by_accession_number(self, value: str) -> list[Study]:
+        """The studies with this AccessionNumber (any number of them): O(1), no request."""
+        found = self._state.accession.all(value.strip()) if value else []
+        return [study for study in found if isinstance(study, Study)]
+
+    def get(self, key: str) -> Resource | None:
+        """The resource with this Orthanc ID, UID or PatientID at any level, or ``None``.
+
+        Raises:
+            AmbiguousIdentifier: several resources share the identifier.
+        """
+        matches = self.lookup(key)
+        if len(matches) > 1:
+            raise self._ambiguous(key, matches)
+        return matches[0] if matches else None
+
+    def lookup(self, key: str) -> list[Resource]:
+        """Every resource whose Orthanc ID, UID or PatientID is ``key``, at any level."""
+        found: list[Resource] = []
+        for cls in LEVELS:
+            found.extend(self._matches(cls, key))
+        return found
+
+    def _matches(self, cls: type[Resource], key: str) -> list[Resource]:
+        state = self._state
+        key = key.strip()
+        by_id = state.tables[cls].get(key)
+        if by_id is not None:
+            return [by_id]
+        return state.uids[cls].all(key)
+
+    def _one(self, cls: type[Any], key: str) -> Any:
+        if not isinstance(key, str):
+            raise TypeError(f"look a {cls.level.lower()} up by a string, not {type(key).__name__}")
+        matches = self._matches(cls, key)
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise self._ambiguous(key, matches)
+        if level_class(self.depth).depth < cls.depth:
+            hint = (
+                f"; the forest was built with depth={self.depth!r}: build it with "
+                f"depth={cls.level.lower()!r} to index this level"
+            )
+        else:
+            hint = "; if it was stored since, forest.update() adds it"
+        raise NotInForest(
+            f"no {cls.level.lower()} with {cls.uid_keyword} or Orthanc ID {key!r} in the forest "
+            f"of {self.client.url}{hint}"
+        )
+
+    @staticmethod
+    def _ambiguous(key: str, matches: Sequence[Resource]) -> AmbiguousIdentifier:
+        listed = ", ".join(f"{m.level} {m.id}" for m in matches[:5])
+        return AmbiguousIdentifier(
+            f"{len(matches)} resources have the identifier {key!r} ({listed}): use an Orthanc ID "
+            "or forest.lookup() to get them all",
+            matches,
+        )
+
+    # -- views delegated to other modules -----------------------------------------------------
+
+    def find(
+        self,
+        level: str,
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Resource]:
+        """Resources of ``level`` matching DICOM tags, matched in memory: no request.
+
+        The same matching rules as ``/tools/find``; see :func:`kkorthanc.query.local_find`.
+        """
+        from .. import query as _query
+
+        found: list[Resource] = _query.local_find(
+            self, level, query, case_sensitive=case_sensitive, **tags
+        )
+        return found
+
+    def to_dataframe(self, level: str) -> pandas.DataFrame:
+        """One row per resource of ``level``; see :func:`kkorthanc.frames.to_dataframe`."""
+        from .. import frames
+
+        frame: pandas.DataFrame = frames.to_dataframe(self, level)
+        return frame
+
+    def print_tree(self, max_depth: int | None = None, file: TextIO | None = None) -> None:
+        """Print the forest as a text tree; see :func:`kkorthanc.display.print_tree`."""
+        from .. import display
+
+        display.print_tree(self, max_depth=max_depth, file=file)
+
+    def _repr_html_(self) -> str:
+        from .. import display
+
+        html: str = display.forest_html(self)
+        return html
+
+    # -- comparison -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """A plain, comparable copy of the forest: every resource's fields and links.
+
+        ``{"Patient": {orthanc_id: {...fields, "parent": id, "children": (ids...)}}, ...}``;
+        two forests of the same server state have equal snapshots. Children below the
+        forest's depth (loaded lazily, or not) are left out.
+        """
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        levels = self._state.levels
+        for position, cls in enumerate(LEVELS):
+            linked = position + 1 < len(levels)
+            level: dict[str, dict[str, Any]] = {}
+            for obj in self._state.tables[cls].values():
+                fields = obj.model_dump()
+                parent = obj.linked_parent()
+                children = obj.linked_children() if linked else None
+                fields["parent"] = parent.id if parent is not None else None
+                fields["children"] = None if children is None else tuple(c.id for c in children)
+                level[obj.id] = fields
+            out[cls.level] = level
+        return out
+
+    # -- update -----------------------------------------------------------------------------
+
+    def update(self) -> UpdateReport:
+        """Bring the forest up to date with the server, from its change feed.
+
+        Requests: the feed pages after :attr:`last_seq` (``GET /changes``, one per 2,000
+        changes), one ``POST /tools/bulk-content`` per round of new or changed resources (two
+        rounds when new resources join existing parents), and ``GET /statistics`` to detect
+        deletions, which Orthanc does not log. Only when the counts disagree, one ID-only
+        listing per disagreeing level (``GET /{level}``) finds what vanished. The cost grows
+        with the number of changes, not with the size of the server. Model objects stay the
+        same objects: fields are updated in place, so a forest shared through the cache of
+        :func:`build_patient_forest` is brought up to date for every holder. ``requests`` in
+        the report counts everything the client sent meanwhile, other threads included.
+
+        Falls back to a full rebuild (``report.rebuilt``, with the reason) when the feed cannot
+        cover the gap since :attr:`last_seq`, or holds more changes than a rebuild costs; the
+        forest then holds new model objects.
+
+        Returns:
+            what was added, removed and updated per level, and the requests it took.
+
+        Raises:
+            OrthancError: the server refused or could not be reached; the forest is left as
+                it was before the failing request (possibly partly updated, never half-linked),
+                and :attr:`last_seq` only moves once the feed has been applied.
+        """
+        with self._lock:
+            return _Updater(self).run()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _swap(self, state: _State) -> None:
+        self._state = state
+        self._version += 1
+
+
+def load_forest(
+    client: Server, *, depth: str = "instance", page_size: int = DEFAULT_PAGE_SIZE
+) -> PatientForest:
+    """Build a forest now, without the cache (see :func:`build_patient_forest`).
+
+    Requests: ``GET /changes?last``, then one ``GET /{level}?expand&since&limit`` per page of
+    each level down to ``depth``.
+    """
+    checked = _check_depth(depth)
+    size = _check_page_size(page_size)
+    return PatientForest(client, checked, size, _load(client, checked, size))

@@ -1,0 +1,174 @@
+"""What a build produces, and the read-only views over it.
+
+:class:`_State` holds one table per level (Orthanc ID -> model, in listing order) and the
+identifier indexes; an update edits it in place, a rebuild replaces it whole.
+:class:`LevelView` is ``forest.patients``, ``forest.studies``, ...
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ..models import LEVELS, Resource, Study
+
+if TYPE_CHECKING:
+    from .model import PatientForest
+
+R = TypeVar("R", bound=Resource)
+
+
+# Links are written straight into pydantic's private-attribute dict: the forest sets tens of
+# thousands of them and the attribute protocol would cost more than the rest of the linking.
+def _private(obj: Resource) -> dict[str, Any]:
+    private: dict[str, Any] = obj.__pydantic_private__  # type: ignore[assignment]
+    return private
+
+
+def _level_of(item: dict[str, Any]) -> type[Resource] | None:
+    """The model class of an expanded JSON object, by its ``Type`` (``"Patient"``, ...)."""
+    kind = str(item.get("Type"))
+    for cls in LEVELS:
+        if cls.level == kind:
+            return cls
+    return None
+
+
+def _count(state: _State, cls: type[Resource]) -> int:
+    """Resources of one level; the level just below the depth is counted from child IDs."""
+    if cls in state.levels:
+        return len(state.tables[cls])
+    parent_cls = cls.parent_class()
+    if parent_cls is None or cls.depth != len(state.levels) + 1:
+        return 0
+    field = parent_cls.child_ids_field
+    assert field is not None
+    return sum(len(obj.__dict__[field]) for obj in state.tables[parent_cls].values())
+
+
+class _Index:
+    """Identifier -> resource, keeping every resource when several share one identifier."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Any] = {}
+
+    def add(self, key: str | None, obj: Resource) -> None:
+        if not key:
+            return
+        entries = self.entries
+        previous = entries.get(key)
+        if previous is None:
+            entries[key] = obj
+        elif type(previous) is list:
+            previous.append(obj)
+        else:
+            entries[key] = [previous, obj]
+
+    def remove(self, key: str | None, obj: Resource) -> None:
+        if not key:
+            return
+        previous = self.entries.get(key)
+        if previous is None:
+            return
+        if type(previous) is list:
+            kept = [o for o in previous if o is not obj]
+            if len(kept) == 1:
+                self.entries[key] = kept[0]
+            elif kept:
+                self.entries[key] = kept
+            else:
+                del self.entries[key]
+        elif previous is obj:
+            del self.entries[key]
+
+    def all(self, key: str) -> list[Resource]:
+        found = self.entries.get(key)
+        if found is None:
+            return []
+        return list(found) if type(found) is list else [found]
+
+
+class _State:
+    """Everything a build produces; an update edits it, a rebuild swaps it."""
+
+    def __init__(self, levels: Sequence[type[Resource]]) -> None:
+        self.levels = tuple(levels)
+        self.tables: dict[type[Resource], dict[str, Any]] = {cls: {} for cls in LEVELS}
+        self.uids: dict[type[Resource], _Index] = {cls: _Index() for cls in LEVELS}
+        self.accession = _Index()
+        self.last_seq = 0
+        self.built_at = datetime.datetime.now(datetime.timezone.utc)
+
+    def holds(self, obj: Resource) -> bool:
+        """Whether this very object is in the forest."""
+        return self.tables[type(obj)].get(obj.id) is obj
+
+    def index(self, obj: Resource) -> None:
+        cls = type(obj)
+        self.uids[cls].add(obj.__dict__[cls.uid_field], obj)
+        if cls is Study:
+            self.accession.add(obj.__dict__["accession_number"], obj)
+
+    def unindex(self, obj: Resource) -> None:
+        cls = type(obj)
+        self.uids[cls].remove(obj.__dict__[cls.uid_field], obj)
+        if cls is Study:
+            self.accession.remove(obj.__dict__["accession_number"], obj)
+
+
+class LevelView(Sequence[R], Generic[R]):
+    """All resources of one level of a forest, in listing order; no request.
+
+    A read-only sequence (``len``, iteration, indexing, ``in``). Calling it looks one
+    resource up by UID or Orthanc ID, so ``forest.series`` lists every series and
+    ``forest.series(uid)`` finds one.
+    """
+
+    def __init__(self, forest: PatientForest, cls: type[R]) -> None:
+        self._forest = forest
+        self._cls = cls
+        self._cache: tuple[int, tuple[R, ...]] | None = None
+
+    def _items(self) -> tuple[R, ...]:
+        forest = self._forest
+        cache = self._cache
+        if cache is None or cache[0] != forest._version:
+            items: tuple[R, ...] = tuple(forest._state.tables[self._cls].values())
+            cache = self._cache = (forest._version, items)
+        return cache[1]
+
+    def __len__(self) -> int:
+        return len(self._forest._state.tables[self._cls])
+
+    def __iter__(self) -> Iterator[R]:
+        return iter(self._items())
+
+    @overload
+    def __getitem__(self, index: int) -> R: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[R, ...]: ...
+    def __getitem__(self, index: int | slice) -> R | tuple[R, ...]:
+        return self._items()[index]
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, Resource):
+            return type(item) is self._cls and self._forest._state.holds(item)
+        if isinstance(item, str):
+            return bool(self._forest._matches(self._cls, item))
+        return False
+
+    def __call__(self, key: str) -> R:
+        """The resource with this UID (or PatientID) or Orthanc ID: O(1), no request.
+
+        Raises:
+            NotInForest: no such resource in the forest.
+            AmbiguousIdentifier: several resources share the identifier.
+        """
+        found: R = self._forest._one(self._cls, key)
+        return found
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} {self._cls.collection}>"

@@ -1,0 +1,412 @@
+"""Bringing a forest up to date from the server's change feed (:meth:`PatientForest.update`).
+
+The feed is replayed, new and changed resources are fetched in bulk with their ancestors,
+and the counts are compared with ``GET /statistics`` to find deletions, which Orthanc does
+not log. When the feed cannot cover the gap, the forest is rebuilt. See ``docs/forest.md``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OrthancError
+from ..models import LEVELS, Patient, Resource, level_class
+from ._factory import _FACTORIES, _new_memos
+from .build import _load
+from .reports import UpdateReport, _by_level
+from .state import _count, _level_of, _private, _State
+
+if TYPE_CHECKING:
+    from ..server import Change, Server
+    from .model import PatientForest
+
+#: changes per ``GET /changes`` page during :meth:`PatientForest.update`
+CHANGES_PAGE = 2000
+#: resources per ``POST /tools/bulk-content`` request
+BULK_CHUNK = 1000
+#: an update rebuilds instead when the feed holds more changes than this, or than half the
+#: resources of the forest if that is more
+REBUILD_AFTER_CHANGES = 1000
+
+
+class _FeedGap(Exception):
+    """The change feed cannot bring a forest up to date: it is rebuilt instead."""
+
+    def __init__(self, reason: str, changes: list[Change]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.changes = changes
+
+
+@dataclass
+class _Updater:
+    """One run of :meth:`PatientForest.update`."""
+
+    forest: PatientForest
+    added: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
+    removed: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
+    updated: dict[type[Resource], list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: list[str] = field(default_factory=list)
+    #: resources read from the server during this update: their state is the newest known
+    fresh_ids: set[str] = field(default_factory=set)
+
+    @property
+    def state(self) -> _State:
+        return self.forest._state
+
+    @property
+    def client(self) -> Server:
+        return self.forest.client
+
+    def run(self) -> UpdateReport:
+        forest = self.forest
+        start = self.client.request_count
+        from_seq = forest.last_seq
+        try:
+            changes, last = self._read_feed(from_seq)
+        except _FeedGap as gap:
+            return self._rebuild(gap.reason, start, from_seq, len(gap.changes))
+        new, refresh, stable, gone = self._classify(changes)
+        self._sync(new=new, refresh=refresh, gone=gone)
+        self._apply_stable(stable)
+        self.state.last_seq = last
+        self._reconcile()
+        forest._version += 1
+        return self._report(start, from_seq, len(changes))
+
+    def _report(self, start: int, from_seq: int, changes: int, **extra: Any) -> UpdateReport:
+        return UpdateReport(
+            added=_by_level(self.added),
+            removed=_by_level(self.removed),
+            updated=_by_level(self.updated, leave_out=self.added),
+            requests=self.client.request_count - start,
+            changes=changes,
+            from_seq=from_seq,
+            to_seq=self.forest.last_seq,
+            rebuilt=extra.get("rebuilt", False),
+            reason=extra.get("reason") or ("; ".join(self.notes) or None),
+        )
+
+    # -- the feed ---------------------------------------------------------------------------
+
+    def _read_feed(self, since: int) -> tuple[list[Change], int]:
+        """The changes after ``since`` and the sequence number they reach.
+
+        Raises:
+            _FeedGap: the feed cannot bring the forest up to date (or would cost more than a
+                rebuild); carries the reason.
+        """
+        budget = max(REBUILD_AFTER_CHANGES, self.forest.counts.total // 2)
+        changes: list[Change] = []
+        position = since
+        for page in self.client.iter_changes(since, CHANGES_PAGE):
+            if not page.changes:
+                if page.last < position:
+                    raise _FeedGap(
+                        f"the server's change feed went back from seq {position} to "
+                        f"{page.last} (a new or reset database)",
+                        changes,
+                    )
+                if position == since and page.last > since:
+                    raise _FeedGap(
+                        f"the changes after seq {since} are no longer in the feed "
+                        f"(it now starts after seq {page.last})",
+                        changes,
+                    )
+                break
+            if position == since and page.changes[0].seq != since + 1:
+                raise _FeedGap(
+                    f"the changes after seq {since} are no longer in the feed "
+                    f"(it now starts at seq {page.changes[0].seq})",
+                    changes,
+                )
+            changes.extend(page.changes)
+            position = page.changes[-1].seq
+            if len(changes) > budget:
+                raise _FeedGap(
+                    f"more than {budget} changes since seq {since}: rebuilding costs less",
+                    changes,
+                )
+        return changes, position
+
+    @staticmethod
+    def _classify(changes: Iterable[Change]) -> tuple[set[str], set[str], set[str], set[str]]:
+        """Sort the changes into resources to add, read again, mark stable, and remove.
+
+        The last change of a resource decides (one deleted, then stored again, is new).
+        Orthanc 1.10 to 1.12 never log ``Deleted``; should a server do so, it saves the
+        count check the work of finding what vanished.
+        """
+        new: set[str] = set()
+        refresh: set[str] = set()
+        stable: set[str] = set()
+        gone: set[str] = set()
+        for change in changes:
+            kind = change.change_type
+            if kind == "Deleted":
+                gone.add(change.id)
+                new.discard(change.id)
+                refresh.discard(change.id)
+                stable.discard(change.id)
+            elif kind.startswith("New") and kind != "NewChildInstance":
+                new.add(change.id)
+                gone.discard(change.id)
+            elif kind.startswith("Stable"):
+                stable.add(change.id)
+            else:  # metadata, attachments, modified, completed, ...
+                refresh.add(change.id)
+        return new, refresh, stable, gone
+
+    # -- fetching and applying --------------------------------------------------------------
+
+    def _find(self, resource_id: str) -> Resource | None:
+        for cls in LEVELS:
+            found: Resource | None = self.state.tables[cls].get(resource_id)
+            if found is not None:
+                return found
+        return None
+
+    def _sync(self, *, new: set[str], refresh: set[str], gone: set[str]) -> None:
+        """Fetch new and changed resources and the ancestors they affect; apply everything.
+
+        New resources (and resources that were stored again) change their ancestors' child
+        lists and ``LastUpdate``, so every ancestor is fetched again; a vanished resource
+        changes its parent. Ancestors already in the forest are known locally, so this takes
+        one bulk request for the resources and usually one more for their ancestors.
+        """
+        known_refresh = {i for i in refresh if self._find(i) is not None}
+        pending: dict[str, bool] = {i: False for i in known_refresh}  # id -> ancestors needed
+        pending.update({i: True for i in new})
+        fetched: dict[str, dict[str, Any]] = {}
+        vanished: set[str] = set(gone)
+        for parent_id in {p for p in (self._parent_id_of(i) for i in gone) if p}:
+            pending.setdefault(parent_id, False)
+        asked: set[str] = set()
+        while pending:
+            batch = {i: up for i, up in pending.items() if i not in asked}
+            pending = {}
+            if not batch:
+                break
+            asked.update(batch)
+            answer = {
+                str(item.get("ID")): item
+                for item in self.client.bulk_json(batch, chunk_size=BULK_CHUNK)
+            }
+            for resource_id, up in sorted(batch.items()):
+                item = answer.get(resource_id)
+                if item is None:
+                    vanished.add(resource_id)
+                    above = self._parent_id_of(resource_id)
+                    if above and above not in asked:
+                        pending.setdefault(above, False)
+                    continue
+                fetched[resource_id] = item
+                self.fresh_ids.add(resource_id)
+                if up:
+                    self._schedule_ancestors(item, batch, asked, pending)
+        self._apply(fetched, vanished)
+
+    def _parent_id_of(self, resource_id: str) -> str | None:
+        found = self._find(resource_id)
+        if found is not None:
+            return found.parent_id
+        return None
+
+    def _schedule_ancestors(
+        self,
+        item: dict[str, Any],
+        batch: dict[str, bool],
+        asked: set[str],
+        pending: dict[str, bool],
+    ) -> None:
+        cls = _level_of(item)
+        if cls is None or cls.parent_key is None:
+            return
+        parent_id = item.get(cls.parent_key)
+        if not isinstance(parent_id, str) or parent_id in batch:
+            return  # its own fetch schedules the rest of the chain
+        parent = self._find(parent_id)
+        if parent is None:  # a new parent: its ancestors are scheduled once it is fetched
+            if parent_id not in asked:
+                pending[parent_id] = True
+            return
+        node: Resource | None = parent
+        while node is not None:
+            if node.id not in asked and node.id not in batch:
+                pending.setdefault(node.id, False)
+            up_id = node.parent_id
+            node = self._find(up_id) if up_id else None
+
+    def _apply(self, fetched: dict[str, dict[str, Any]], vanished: set[str]) -> None:
+        state = self.state
+        forest = self.forest
+        deepest = level_class(forest.depth).depth
+        for resource_id in sorted(vanished):
+            found = self._find(resource_id)
+            if found is not None:
+                self._remove(found)
+        memos = _new_memos()
+        touched: list[Resource] = []
+        new_objects: list[Resource] = []
+        by_level: dict[type[Resource], list[dict[str, Any]]] = defaultdict(list)
+        for item in fetched.values():
+            cls = _level_of(item)
+            if cls is not None:
+                by_level[cls].append(item)
+        for cls in LEVELS[:deepest]:
+            table = state.tables[cls]
+            for item in sorted(by_level.get(cls, ()), key=lambda i: str(i.get("ID"))):
+                obj = _FACTORIES[cls](item, forest.client, memos)
+                old = table.get(obj.id)
+                if old is None:
+                    table[obj.id] = obj
+                    state.index(obj)
+                    new_objects.append(obj)
+                    touched.append(obj)
+                    continue
+                if old.__dict__ != obj.__dict__:
+                    state.unindex(old)
+                    old.__dict__.update(obj.__dict__)
+                    object.__setattr__(old, "__pydantic_fields_set__", obj.model_fields_set)
+                    state.index(old)
+                    self.updated[cls].append(old.id)
+                touched.append(old)
+        # children lists first, top-down, then whatever no parent claims is dropped
+        for obj in touched:
+            self._relink(obj)
+        for obj in new_objects:
+            if type(obj) is Patient:
+                self.added[Patient].append(obj.id)
+                continue
+            parent = obj.linked_parent()
+            if parent is None or not state.holds(parent):
+                if state.holds(obj):
+                    self._remove(obj, report=False)
+                continue
+            if state.holds(obj):
+                self.added[type(obj)].append(obj.id)
+
+    def _relink(self, parent: Resource) -> None:
+        """Rebuild a resource's children from its child-ID list (trimmed to the forest)."""
+        cls = type(parent)
+        state = self.state
+        ids_field = cls.child_ids_field
+        child_cls = cls.child_class()
+        if ids_field is None or child_cls is None:
+            return
+        ids = parent.__dict__[ids_field]
+        if child_cls not in state.levels:  # below the depth: lazy, reloaded on next access
+            old = parent.linked_children()
+            if old is not None and tuple(c.id for c in old) != ids:
+                _private(parent)["_children"] = None
+            return
+        table = state.tables[child_cls]
+        parent_field = child_cls.parent_field
+        assert parent_field is not None
+        kids = [
+            table[i] for i in ids if i in table and table[i].__dict__[parent_field] == parent.id
+        ]
+        if len(kids) != len(ids):
+            parent.__dict__[ids_field] = tuple(k.id for k in kids)
+        keep = {k.id for k in kids}
+        for old_child in parent.linked_children() or ():
+            if old_child.id not in keep and table.get(old_child.id) is old_child:
+                self._remove(old_child)
+        for kid in kids:
+            _private(kid)["_parent"] = parent
+        _private(parent)["_children"] = tuple(kids)
+
+    def _remove(self, obj: Resource, *, report: bool = True) -> None:
+        """Drop a resource and everything below it from the forest."""
+        state = self.state
+        cls = type(obj)
+        if not state.holds(obj):
+            return
+        del state.tables[cls][obj.id]
+        state.unindex(obj)
+        if report:
+            self.removed[cls].append(obj.id)
+        child_cls = cls.child_class()
+        if child_cls is not None:
+            table = state.tables[child_cls]
+            for child_id in obj.child_ids:
+                child = table.get(child_id)
+                if child is not None and child.linked_parent() is obj:
+                    self._remove(child, report=report)
+        parent = obj.linked_parent()
+        if parent is None or not state.holds(parent):
+            return
+        siblings = parent.linked_children()
+        if siblings is not None:
+            _private(parent)["_children"] = tuple(s for s in siblings if s is not obj)
+        key = type(parent).child_ids_field
+        assert key is not None
+        parent.__dict__[key] = tuple(i for i in parent.__dict__[key] if i != obj.id)
+
+    def _apply_stable(self, stable: set[str]) -> None:
+        """``Stable*`` changes: set ``is_stable`` without a request.
+
+        Resources read during this update are skipped: what the server sent is newer than
+        the change (a resource turns unstable again when an instance arrives).
+        """
+        for resource_id in sorted(stable - self.fresh_ids):
+            found = self._find(resource_id)
+            if found is None or found.__dict__.get("is_stable", True) is True:
+                continue
+            found.__dict__["is_stable"] = True
+            self.updated[type(found)].append(resource_id)
+
+    # -- deletions ------------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Compare the counts with the server's; find what vanished (or was missed) by ID."""
+        stats = self.client.get_json("/statistics") or {}
+        state = self.state
+        for cls in LEVELS:
+            if cls.depth > len(state.levels) + 1:
+                break
+            server = stats.get(f"Count{cls.collection.capitalize()}")  # CountPatients, ...
+            have = _count(state, cls)
+            if not isinstance(server, int) or have == server:
+                continue
+            on_server = self.client.get_json(f"/{cls.collection}")
+            if not isinstance(on_server, list):
+                raise OrthancError(f"GET /{cls.collection}: expected a JSON list of IDs")
+            server_ids = {str(i) for i in on_server}
+            self.notes.append(
+                f"{have} {cls.collection} in the forest, {server} on the server: listed their IDs"
+            )
+            if cls in state.levels:
+                mine = set(state.tables[cls])
+                self._sync(new=server_ids - mine, refresh=set(), gone=mine - server_ids)
+            else:  # the level below the depth: known only from the parents' child lists
+                parent_cls = cls.parent_class()
+                assert parent_cls is not None and parent_cls.child_ids_field is not None
+                ids_field = parent_cls.child_ids_field
+                owners = {
+                    child_id: parent.id
+                    for parent in state.tables[parent_cls].values()
+                    for child_id in parent.__dict__[ids_field]
+                }
+                parents = {owners[i] for i in set(owners) - server_ids}
+                self._sync(new=server_ids - set(owners), refresh=parents, gone=set())
+
+    # -- rebuild ----------------------------------------------------------------------------
+
+    def _rebuild(self, reason: str, start: int, from_seq: int, changes: int) -> UpdateReport:
+        forest = self.forest
+        old = forest._state
+        fresh = _load(forest.client, forest.depth, forest.page_size)
+        for cls in LEVELS:
+            before = old.tables[cls]
+            after = fresh.tables[cls]
+            self.added[cls] = [i for i in after if i not in before]
+            self.removed[cls] = [i for i in before if i not in after]
+            self.updated[cls] = [
+                i for i, obj in after.items() if i in before and before[i].__dict__ != obj.__dict__
+            ]
+        forest._swap(fresh)
+        return self._report(start, from_seq, changes, rebuilt=True, reason=reason)
