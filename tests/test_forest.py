@@ -23,6 +23,8 @@ from kkorthanc.forest import (
     build_patient_forest,
     load_forest,
 )
+from kkorthanc.forest import _factory as forest_factory
+from kkorthanc.forest import update as forest_update
 from kkorthanc.models import Resource
 
 from .conftest import REPLAY_AUTH, Servers
@@ -360,14 +362,14 @@ def test_fast_construction_matches_validation_on_odd_values(
     data: dict[str, Any] = {"MainDicomTags": tags, "Type": level.level, **extra}
     if with_id:
         data["ID"] = "0a-1b"
-    factory = forest_module._FACTORIES[level]
+    factory = forest_factory._FACTORIES[level]
     try:
         expected = level.from_orthanc(data)
     except ValidationFailed:
         with pytest.raises(ValidationFailed):
-            factory(data, None, forest_module._new_memos())
+            factory(data, None, forest_factory._new_memos())
         return
-    built = factory(data, None, forest_module._new_memos())
+    built = factory(data, None, forest_factory._new_memos())
     assert built.model_dump() == expected.model_dump()
     assert built.model_fields_set == expected.model_fields_set
 
@@ -375,7 +377,7 @@ def test_fast_construction_matches_validation_on_odd_values(
 @pytest.mark.no_cassette
 def test_every_level_takes_the_fast_path() -> None:
     for cls in LEVELS:
-        assert forest_module._FACTORIES[cls].fields is not None, cls
+        assert forest_factory._FACTORIES[cls].fields is not None, cls
 
 
 # -- update ---------------------------------------------------------------------------------------
@@ -411,7 +413,7 @@ def test_too_many_changes_rebuild_instead(
 ) -> None:
     forest = load_forest(client)
     old_patient = forest.patients[0]
-    monkeypatch.setattr(forest_module, "REBUILD_AFTER_CHANGES", 10)
+    monkeypatch.setattr(forest_update, "REBUILD_AFTER_CHANGES", 10)
     forest._state.last_seq = 0
     report = forest.update()
     assert report.rebuilt and report.reason is not None

@@ -205,7 +205,7 @@ def test_progress_bar_shows_and_works_without_tqdm(
     assert capsys.readouterr().err == ""
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    monkeypatch.setattr(transfer, "_warned_tqdm", False)
+    monkeypatch.setattr(transfer.progress, "_warned_tqdm", False)
     assert len(nowhere().upload(tmp_path, progress=False)) == 1
     with pytest.warns(UserWarning, match="kkorthanc\\[progress\\]"):
         assert len(nowhere().upload(tmp_path, progress=True)) == 1

@@ -19,12 +19,9 @@ from .uploader import DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_MAX_MEMBER_SIZE,
 # Internals that tests reach through the package, re-exported explicitly.
 from .layout import _parse_layout as _parse_layout  # isort: skip
 from .layout import _relative_path as _relative_path  # isort: skip
+from . import progress as progress  # isort: skip
 from .sources import _Task as _Task  # isort: skip
 from .uploader import _Uploader as _Uploader  # isort: skip
-
-#: Whether the "progress bars need tqdm" warning was given (once per process); read and
-#: set by :mod:`kkorthanc.transfer.progress`.
-_warned_tqdm = False
 
 __all__ = [
     "ARCHIVE_SUFFIXES",

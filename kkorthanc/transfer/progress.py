@@ -5,6 +5,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+#: whether the missing-tqdm warning was given (once per process)
+_warned_tqdm = False
+
 
 class _NoBar:
     """What a run calls on its bar, doing nothing: progress off, or tqdm missing."""
@@ -27,18 +30,16 @@ class _NoBar:
 def _progress_bar(enabled: bool, total: int | None, desc: str, unit: str) -> Any:
     """A tqdm bar (``tqdm.auto``: a widget in notebooks), or a silent stand-in.
 
-    Without tqdm the first bar asked for warns once per process. That flag is the package's
-    ``kkorthanc.transfer._warned_tqdm``, so that it is one flag wherever it is read or reset.
+    Without tqdm the first bar asked for warns once per process.
     """
+    global _warned_tqdm
     if not enabled:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        from .. import transfer as package
-
-        if not package._warned_tqdm:
-            package._warned_tqdm = True
+        if not _warned_tqdm:
+            _warned_tqdm = True
             warnings.warn(
                 "progress bars need tqdm: pip install 'kkorthanc[progress]'",
                 stacklevel=3,
