@@ -36,7 +36,8 @@ from typing import Any, TextIO
 from . import __version__
 from .client import Orthanc
 from .errors import Forbidden, OrthancConnectionError, OrthancError, Unauthorized
-from .models import Resource, level_class
+from .models import LEVELS as LEVEL_MODELS
+from .models import Patient, Resource, level_class
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -44,14 +45,9 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-LEVELS = ("patient", "study", "series", "instance")
+#: the level names the commands take, top down
+LEVELS = tuple(cls.level.lower() for cls in LEVEL_MODELS)
 _ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
-_CHILD_COUNTS = {
-    "study_ids": "num_studies",
-    "series_ids": "num_series",
-    "instance_ids": "num_instances",
-}
-_CHILD_LISTS = tuple(_CHILD_COUNTS)
 _RAW_TAGS = ("main_dicom_tags", "patient_main_dicom_tags")
 
 
@@ -72,7 +68,8 @@ def resource_json(resource: Resource, *, children: bool = True) -> dict[str, Any
 
     Child ID lists are kept when ``children`` is true. Costs no request.
     """
-    exclude = set() if children else set(_CHILD_LISTS)
+    field = resource.child_ids_field
+    exclude = {field} if field is not None and not children else set()
     data: dict[str, Any] = {"level": resource.level}
     data.update(resource.model_dump(mode="json", exclude=exclude))
     return data
@@ -127,13 +124,13 @@ def _tree_json(resource: Resource, depth: int) -> dict[str, Any]:
     data = resource_json(resource, children=False)
     for name in _RAW_TAGS:
         data.pop(name, None)
-    for name, count in _CHILD_COUNTS.items():
-        if name in type(resource).model_fields:
-            data[count] = len(getattr(resource, name))
-    linked = resource._children
+    child_class = resource.child_class()
+    if child_class is None:
+        return data
+    data[f"num_{child_class.collection}"] = len(resource.child_ids)
+    linked = resource.linked_children()
     if linked is not None and depth > 1:
-        key = {"Patient": "studies", "Study": "series", "Series": "instances"}[resource.level]
-        data[key] = [_tree_json(child, depth - 1) for child in linked]
+        data[child_class.collection] = [_tree_json(child, depth - 1) for child in linked]
     return data
 
 
@@ -144,7 +141,7 @@ def cmd_tree(args: argparse.Namespace, out: TextIO) -> int:
 
     with connect(args) as client:
         forest = build_patient_forest(client, depth=args.depth)
-        depth = LEVELS.index(args.depth) + 1
+        depth = level_class(args.depth).depth
         if args.json:
             _print_json({"patients": [_tree_json(p, depth) for p in forest.patients]}, out)
         else:
@@ -249,7 +246,7 @@ def _resolve(client: Orthanc, level: str, value: str) -> Resource:
         return client.get(level, value)
     matches = [item for item in client.lookup(value) if isinstance(item, cls)]
     if not matches:
-        what = "PatientID" if level == "patient" else "UID"
+        what = cls.uid_keyword if cls is Patient else "UID"
         raise LookupError(f"no {level} with Orthanc ID or {what} {value!r}")
     return matches[0]
 
@@ -313,10 +310,11 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         ("server", f"{info.name or '?'} at {client.url}"),
         ("version", f"Orthanc {info.version} (REST API {info.api_version})"),
         ("dicom", f"AET {info.dicom_aet or '?'} on port {info.dicom_port or '?'}"),
-        ("patients", str(stats.get("CountPatients", "?"))),
-        ("studies", str(stats.get("CountStudies", "?"))),
-        ("series", str(stats.get("CountSeries", "?"))),
-        ("instances", str(stats.get("CountInstances", "?"))),
+        # Orthanc counts each level as CountPatients, CountStudies, ...
+        *(
+            (cls.collection, str(stats.get(f"Count{cls.collection.capitalize()}", "?")))
+            for cls in LEVEL_MODELS
+        ),
     ]
     disk = stats.get("TotalDiskSize")
     if disk is not None:
@@ -448,9 +446,8 @@ def cmd_sandbox_start(args: argparse.Namespace, out: TextIO) -> int:
         box.stop()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    # the server must outlive this process: take it off the stop-at-exit list
-    with _sandbox._live_lock:
-        _sandbox._live.discard(box)
+    # the server must outlive this process
+    box.detach()
     assert box.process is not None
     state = {
         "url": box.url,
@@ -600,13 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(handler=cmd_upload)
 
     export = command("export", "write instances to a folder tree")
-    for level in LEVELS:
+    for cls in LEVEL_MODELS:
+        level = cls.level.lower()
         export.add_argument(
             f"--{level}",
             action="append",
             metavar="ID",
             help=f"a {level} to export by Orthanc ID or "
-            + ("PatientID" if level == "patient" else "DICOM UID")
+            + (cls.uid_keyword if cls is Patient else "DICOM UID")
             + "; repeatable",
         )
     export.add_argument("--all", action="store_true", help="export every patient")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from .models import Instance, Patient, Resource, Series, Study
+from .models import LEVELS, Instance, Patient, Resource, Series, Study
 
 __all__ = [
     "MAX_CHILDREN",
@@ -33,19 +33,14 @@ MAX_CHILDREN = 50
 #: instances per series shown by :func:`forest_html`
 MAX_INSTANCES = 20
 
-_CHILD_IDS = {Patient: "study_ids", Study: "series_ids", Series: "instance_ids"}
-_PLURALS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
-_DEPTHS = {Patient: 1, Study: 2, Series: 3, Instance: 4}
-_CHILD_LEVEL: dict[type[Resource], str] = {Patient: "Study", Study: "Series", Series: "Instance"}
-
 
 # -- shared helpers ---------------------------------------------------------------------------
 
 
-def _plural(count: int, level: str) -> str:
+def _plural(count: int, cls: type[Resource]) -> str:
     if count == 1:
-        return f"1 {level.lower()}"
-    return f"{count} {_PLURALS[level]}"
+        return f"1 {cls.level.lower()}"
+    return f"{count} {cls.collection}"
 
 
 def _text(value: Any) -> str:
@@ -74,31 +69,29 @@ def _sort_key(resource: Resource) -> tuple[Any, ...]:
 
 def _linked_children(resource: Resource) -> Sequence[Resource] | None:
     """Children already in memory, in display order (never fetched)."""
-    # read the link itself: the public relations would fetch children that are not loaded
-    children = resource._children
+    # not the public relations: they would fetch children that are not loaded
+    children = resource.linked_children()
     if children is None:
         return None
     return sorted(children, key=_sort_key)
 
 
 def _child_count(resource: Resource) -> int:
-    name = _CHILD_IDS.get(type(resource))
-    if name is None:
+    if resource.child_class() is None:
         return 0
-    linked = _linked_children(resource)
-    return len(linked) if linked is not None else len(getattr(resource, name))
+    linked = resource.linked_children()
+    return len(linked) if linked is not None else len(resource.child_ids)
 
 
-def _descendant_counts(resource: Resource) -> dict[str, int]:
+def _descendant_counts(resource: Resource) -> dict[type[Resource], int]:
     """Counts of each lower level, as far as children are linked (the first level always)."""
-    counts: dict[str, int] = {}
+    counts: dict[type[Resource], int] = {}
     frontier: list[Resource] = [resource]
     while frontier:
-        head = frontier[0]
-        if isinstance(head, Instance):
+        child_class = frontier[0].child_class()
+        if child_class is None:
             break
-        child_level = _CHILD_LEVEL[type(head)]
-        counts[child_level] = sum(_child_count(item) for item in frontier)
+        counts[child_class] = sum(_child_count(item) for item in frontier)
         following: list[Resource] = []
         for item in frontier:
             linked = _linked_children(item)
@@ -109,8 +102,8 @@ def _descendant_counts(resource: Resource) -> dict[str, int]:
     return counts
 
 
-def _counts_text(counts: dict[str, int]) -> str:
-    return ", ".join(_plural(n, level) for level, n in counts.items())
+def _counts_text(counts: dict[type[Resource], int]) -> str:
+    return ", ".join(_plural(n, cls) for cls, n in counts.items())
 
 
 def describe(resource: Resource) -> str:
@@ -141,18 +134,18 @@ def describe(resource: Resource) -> str:
     return "  ".join(part for part in parts if part)
 
 
-def _forest_counts(forest: Any) -> dict[str, int]:
+def _forest_counts(forest: Any) -> dict[type[Resource], int]:
     """Resources per level: the forest's own ``counts`` when it has them (they include the
     level just below its depth, from child-ID lists), else the lengths of its lists."""
     counts = getattr(forest, "counts", None)
-    if counts is not None and all(hasattr(counts, plural) for plural in _PLURALS.values()):
-        return {level: int(getattr(counts, plural)) for level, plural in _PLURALS.items()}
-    return {level: len(getattr(forest, plural)) for level, plural in _PLURALS.items()}
+    if counts is not None and all(hasattr(counts, cls.collection) for cls in LEVELS):
+        return {cls: int(getattr(counts, cls.collection)) for cls in LEVELS}
+    return {cls: len(getattr(forest, cls.collection)) for cls in LEVELS}
 
 
 def _forest_summary(forest: Any) -> str:
     counts = _forest_counts(forest)
-    parts = [_plural(n, level) for level, n in counts.items() if n]
+    parts = [_plural(n, cls) for cls, n in counts.items() if n]
     return ", ".join(parts) if parts else "0 patients"
 
 
@@ -174,8 +167,9 @@ def resource_html(resource: Resource) -> str:
         if name in ("id", "main_dicom_tags", "patient_main_dicom_tags"):
             continue
         value = getattr(resource, name)
-        if name == _CHILD_IDS.get(cls):
-            rows.append((_PLURALS[_CHILD_LEVEL[cls]], str(_child_count(resource))))
+        child_class = cls.child_class()
+        if child_class is not None and name == cls.child_ids_field:
+            rows.append((child_class.collection, str(_child_count(resource))))
             continue
         if value is None or value == ():
             continue
@@ -213,13 +207,14 @@ def _summary_html(resource: Resource) -> str:
     return f"<summary>{html.escape(describe(resource))}{count_text if counts else ''}</summary>"
 
 
-def _more_html(hidden: int, level: str) -> str:
-    return f'<div style="color:#777">… {hidden} more {_PLURALS[level]}</div>'
+def _more_html(hidden: int, cls: type[Resource]) -> str:
+    return f'<div style="color:#777">… {hidden} more {cls.collection}</div>'
 
 
 def _node_html(resource: Resource, out: list[str]) -> None:
     children = _linked_children(resource)
-    if isinstance(resource, Instance):
+    child_class = resource.child_class()
+    if child_class is None:
         out.append(f"<div>{html.escape(describe(resource))}</div>")
         return
     if not children:
@@ -228,12 +223,12 @@ def _node_html(resource: Resource, out: list[str]) -> None:
         tail = f" ({_counts_text(counts)})" if counts else ""
         out.append(f"<div>{html.escape(describe(resource) + tail)}</div>")
         return
-    limit = MAX_INSTANCES if isinstance(resource, Series) else MAX_CHILDREN
+    limit = MAX_INSTANCES if child_class is Instance else MAX_CHILDREN
     out.append(f'<details style="margin-left:1.2em">{_summary_html(resource)}')
     for child in children[:limit]:
         _node_html(child, out)
     if len(children) > limit:
-        out.append(_more_html(len(children) - limit, type(children[0]).level))
+        out.append(_more_html(len(children) - limit, type(children[0])))
     out.append("</details>")
 
 
@@ -253,7 +248,7 @@ def forest_html(forest: Any) -> str:
     for patient in patients[:MAX_PATIENTS]:
         _node_html(patient, out)
     if len(patients) > MAX_PATIENTS:
-        out.append(_more_html(len(patients) - MAX_PATIENTS, "Patient"))
+        out.append(_more_html(len(patients) - MAX_PATIENTS, Patient))
     out.append("</div>")
     return "\n".join(out)
 
@@ -271,11 +266,11 @@ def tree_lines(forest: Any, max_depth: int | None = None) -> Iterator[str]:
         for index, resource in enumerate(resources):
             last = index == len(resources) - 1
             branch, stem = ("└── ", "    ") if last else ("├── ", "│   ")
-            child_level = _CHILD_LEVEL.get(type(resource))
-            tail = f"  ({_plural(_child_count(resource), child_level)})" if child_level else ""
+            child_class = resource.child_class()
+            tail = f"  ({_plural(_child_count(resource), child_class)})" if child_class else ""
             yield f"{prefix}{branch}{describe(resource)}{tail}"
             children = _linked_children(resource)
-            deeper = max_depth is None or _DEPTHS[type(resource)] < max_depth
+            deeper = max_depth is None or resource.depth < max_depth
             if children and deeper:
                 yield from walk(children, prefix + stem)
 

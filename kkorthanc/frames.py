@@ -29,7 +29,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .models import Instance, Patient, Resource, Series, Study, level_class
+from .models import LEVELS, Patient, Resource, Study, level_class
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,23 +38,35 @@ __all__ = ["column_names", "to_dataframe"]
 
 #: fields that hold raw tag dictionaries: summarized elsewhere or not tabular
 _SKIPPED = frozenset({"main_dicom_tags", "patient_main_dicom_tags"})
-#: child ID lists, replaced by their lengths
-_COUNTS = {"study_ids": "num_studies", "series_ids": "num_series", "instance_ids": "num_instances"}
+
+
+def _ancestors(cls: type[Resource]) -> list[type[Resource]]:
+    """The models above ``cls``, nearest first."""
+    found: list[type[Resource]] = []
+    parent = cls.parent_class()
+    while parent is not None:
+        found.append(parent)
+        parent = parent.parent_class()
+    return found
+
+
+def _parent_columns(cls: type[Resource]) -> tuple[str, ...]:
+    """The Orthanc IDs of the ancestors, nearest first, then their UIDs, top down."""
+    ancestors = _ancestors(cls)
+    ids = [level.parent_field for level in (cls, *ancestors) if level.parent_field is not None]
+    return (*ids, *(level.uid_field for level in reversed(ancestors)))
+
+
+def _count_column(cls: type[Resource]) -> str | None:
+    """The column that replaces the child ID list by its length (``num_studies``, ...)."""
+    child = cls.child_class()
+    return f"num_{child.collection}" if child is not None else None
+
+
 #: parent columns added after the model's own fields, per level
 _PARENT_COLUMNS: dict[type[Resource], tuple[str, ...]] = {
-    Patient: (),
-    Study: ("parent_patient_id", "patient_id"),
-    Series: ("parent_study_id", "parent_patient_id", "patient_id", "study_instance_uid"),
-    Instance: (
-        "parent_series_id",
-        "parent_study_id",
-        "parent_patient_id",
-        "patient_id",
-        "study_instance_uid",
-        "series_instance_uid",
-    ),
+    cls: _parent_columns(cls) for cls in LEVELS
 }
-_FOREST_LISTS = {Patient: "patients", Study: "studies", Series: "series", Instance: "instances"}
 
 
 def _import_pandas() -> Any:
@@ -89,11 +101,12 @@ def _field_columns(cls: type[Resource]) -> list[tuple[str, str, str]]:
     """``(column, field, kind)`` for each typed field of a model, in declaration order."""
     columns: list[tuple[str, str, str]] = []
     parents = _PARENT_COLUMNS[cls]
+    count_column = _count_column(cls)
     for name, info in cls.model_fields.items():
         if name in _SKIPPED or name in parents or name == "labels":
             continue
-        if name in _COUNTS:
-            columns.append((_COUNTS[name], name, "count"))
+        if count_column is not None and name == cls.child_ids_field:
+            columns.append((count_column, name, "count"))
         else:
             columns.append((name, name, _kind(info.annotation)))
     # labels are empty before Orthanc 1.12: after the DICOM fields
@@ -107,74 +120,43 @@ def column_names(level: str) -> list[str]:
     return [column for column, _, _ in _field_columns(cls)] + list(_PARENT_COLUMNS[cls])
 
 
-def _linked_parent(resource: Resource) -> Resource | None:
-    # the private link is read directly: the public relation would fetch when it is missing,
-    # and pydantic's attribute protocol costs more than the rest of a row
-    private = resource.__pydantic_private__
-    parent: Resource | None = private.get("_parent") if private else None
-    return parent
-
-
-def _patient_id_of_study(study: Study) -> str | None:
-    patient = _linked_parent(study)
-    if isinstance(patient, Patient) and patient.patient_id is not None:
-        return patient.patient_id
-    return study.patient_main_dicom_tags.get("PatientID") or None
-
-
-def _study_columns(study: Study | None) -> dict[str, Any]:
-    if study is None:
-        return {}
-    return {
-        "parent_patient_id": study.parent_patient_id,
-        "patient_id": _patient_id_of_study(study),
-        "study_instance_uid": study.study_instance_uid,
-    }
-
-
-def _series_columns(series: Series | None) -> dict[str, Any]:
-    if series is None:
-        return {}
-    parent = _linked_parent(series)
-    return {
-        "parent_study_id": series.parent_study_id,
-        "series_instance_uid": series.series_instance_uid,
-        **_study_columns(parent if isinstance(parent, Study) else None),
-    }
-
-
 def _parents(resource: Resource, memo: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Parent IDs and UIDs known without a request; ``memo`` shares them between siblings."""
-    if isinstance(resource, Study):
-        own = _study_columns(resource)
-        del own["study_instance_uid"]
-        return own
-    parent = _linked_parent(resource)
-    if isinstance(resource, Series):
-        key = id(parent)
-        if key not in memo:
-            memo[key] = _study_columns(parent if isinstance(parent, Study) else None)
-        return {"parent_study_id": resource.parent_study_id, **memo[key]}
-    if isinstance(resource, Instance):
-        key = id(parent)
-        if key not in memo:
-            memo[key] = _series_columns(parent if isinstance(parent, Series) else None)
-        return {"parent_series_id": resource.parent_series_id, **memo[key]}
-    return {}
+    """Parent IDs and UIDs known without a request; ``memo`` shares them between siblings.
+
+    The resource's own parent ID, then for each ancestor linked in memory its UID and its
+    own parent ID, as far up as the links go. A study also knows its PatientID from the
+    patient tags Orthanc repeats on it.
+    """
+    cls = type(resource)
+    columns: dict[str, Any] = {}
+    if cls.parent_field is not None:
+        columns[cls.parent_field] = resource.parent_id
+        parent = resource.linked_parent()
+        parent_class = cls.parent_class()
+        if parent is not None and parent_class is not None and isinstance(parent, parent_class):
+            key = id(parent)
+            above = memo.get(key)
+            if above is None:
+                above = memo[key] = {parent.uid_field: parent.uid, **_parents(parent, memo)}
+            columns.update(above)
+    if isinstance(resource, Study) and columns.get(Patient.uid_field) is None:
+        tags = resource.patient_main_dicom_tags
+        columns[Patient.uid_field] = tags.get(Patient.uid_keyword) or None
+    return columns
 
 
 def _resources_of(source: Any, level: str | None) -> tuple[type[Resource], Sequence[Resource]]:
     """The model class and the resources of ``source`` (a forest or an iterable)."""
     cls = level_class(level) if level is not None else None
     if not isinstance(source, (Resource, str, bytes)) and all(
-        hasattr(source, name) for name in _FOREST_LISTS.values()
+        hasattr(source, level.collection) for level in LEVELS
     ):
         if cls is None:
             raise ValueError(
                 "to_dataframe(forest, level) needs a level: "
                 "'patient', 'study', 'series' or 'instance'"
             )
-        return cls, list(getattr(source, _FOREST_LISTS[cls]))
+        return cls, list(getattr(source, cls.collection))
     if isinstance(source, Resource):
         raise TypeError("to_dataframe() takes a list of resources or a forest, not one resource")
     if not isinstance(source, Iterable) or isinstance(source, (str, bytes)):

@@ -255,6 +255,11 @@ class Sandbox:
         self.stop(keep_folder=True)
         return self.start(timeout)
 
+    def detach(self) -> None:
+        """Let the server outlive this interpreter: no stop at exit (stop it by its PID)."""
+        with _live_lock:
+            _live.discard(self)
+
     def __enter__(self) -> Sandbox:
         return self.start()
 

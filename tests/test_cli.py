@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from kkorthanc import Orthanc, orthanc_id, synthetic
+from kkorthanc import Orthanc, Patient, Series, Study, orthanc_id, synthetic
+from kkorthanc.cli import LEVELS, build_parser, resource_json
+from kkorthanc.cli import _tree_json as tree_json
 from kkorthanc.sandbox import PASSWORD_PREFIX, free_port
 
 from .conftest import PORT_MAP, ROOT, Servers, cassette_path
@@ -135,6 +137,33 @@ def first_study() -> dict[str, str]:
 
 
 # -- server information ------------------------------------------------------------------------
+
+
+def test_tree_json_nests_only_linked_children() -> None:
+    patient = Patient.from_orthanc(
+        {"ID": "p", "MainDicomTags": {"PatientID": "P"}, "Studies": ["st", "other"]}
+    )
+    study = Study.from_orthanc(
+        {"ID": "st", "ParentPatient": "p", "Series": ["se"], "MainDicomTags": {}}
+    )
+    series = Series.from_orthanc({"ID": "se", "ParentStudy": "st", "Instances": ["i", "j"]})
+    patient._link(None, [study])
+    study._link(patient, [series])
+    data = tree_json(patient, 4)
+    assert data["num_studies"] == 2 and "study_ids" not in data
+    assert [item["id"] for item in data["studies"]] == ["st"]
+    nested = data["studies"][0]
+    assert nested["num_series"] == 1 and nested["series"][0]["num_instances"] == 2
+    assert "instances" not in nested["series"][0]  # not linked: counted, not listed
+    assert "studies" not in tree_json(patient, 1)
+    assert resource_json(series)["instance_ids"] == ["i", "j"]
+    assert "instance_ids" not in resource_json(series, children=False)
+
+
+def test_level_names_and_export_flags_come_from_the_models() -> None:
+    assert LEVELS == ("patient", "study", "series", "instance")
+    args = build_parser().parse_args(["export", "--study", "1.2", "--patient", "P", "out"])
+    assert args.study == ["1.2"] and args.patient == ["P"] and args.series is None
 
 
 def test_stats_prints_counts_and_json(cli: Cli, client: Orthanc) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kkorthanc import Instance, Orthanc, Patient, Series, Study, display, frames, orthanc_id
+from kkorthanc.models import LEVELS
 
 # -- offline trees ---------------------------------------------------------------------------------
 
@@ -244,6 +245,40 @@ def test_dataframe_of_unlinked_resources_keeps_raw_ids() -> None:
     assert unlinked["parent_study_id"].tolist() == ["st"]
     assert unlinked["study_instance_uid"].tolist() == [None]
     assert unlinked["series_number"].isna().all()
+
+
+def test_dataframe_of_partly_linked_instances_fills_what_the_links_know() -> None:
+    # instances linked to their series, the series not to its study: the series' own parent
+    # ID is known, the study's UID and everything above it are not
+    forest = make_forest(1, studies=1, series=1, instances=2)
+    study = forest.studies[0]
+    # a copy of the series without a server: a fetch of its study would raise
+    detached = Series.from_orthanc(forest.series[0].model_dump(by_alias=True))
+    for instance in forest.instances:
+        instance._link(detached, None)
+    frame = frames.to_dataframe(forest, "instance")
+    assert frame["series_instance_uid"].tolist() == ["1.2.0.0.0"] * 2
+    assert frame["parent_study_id"].tolist() == [study.id] * 2
+    assert frame["study_instance_uid"].tolist() == [None, None]
+    assert frame["parent_patient_id"].tolist() == [None, None]
+    assert frame["patient_id"].tolist() == [None, None]
+
+
+def test_dataframe_columns_follow_the_models() -> None:
+    for cls in LEVELS:
+        names = frames.column_names(cls.level)
+        ancestors = []
+        parent = cls.parent_class()
+        while parent is not None:
+            ancestors.append(parent)
+            parent = parent.parent_class()
+        own_ids = [c.parent_field for c in (cls, *ancestors) if c.parent_field]
+        tail = own_ids + [c.uid_field for c in reversed(ancestors)]
+        assert names[len(names) - len(tail) :] == tail
+        child = cls.child_class()
+        counts = [name for name in names if name.startswith("num_")]
+        assert counts == ([f"num_{child.collection}"] if child is not None else [])
+        assert cls.child_ids_field not in names
 
 
 def test_dataframe_refuses_mixed_or_unknown_input() -> None:
