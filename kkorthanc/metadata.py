@@ -7,6 +7,9 @@ Revisions: Orthanc answers metadata and attachments with an ``ETag`` (``"revisio
 Sending it back as ``If-Match`` makes a write conditional: a value changed meanwhile by
 someone else gives 409, raised as :class:`~kkorthanc.errors.Conflict`. A server with
 ``CheckRevisions: true`` requires ``If-Match`` to change or delete an existing value.
+The built-in SQLite index keeps every revision at 0 while the answer to a write announces
+the next number, so after a write the revision is taken as the server will check it
+(``docs/server-facts.md``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,18 @@ def _check_name(name: str, what: str) -> str:
             f"(letters, digits, '_' or '-') or its index"
         )
     return name
+
+
+def _written(server: Server, etag: str | None) -> str | None:
+    """The revision a write leaves, as later writes must name it.
+
+    The SQLite index stores no revision numbers (always 0) although the write's ``ETag``
+    counts up; its MD5 half is what protects the value there.
+    """
+    if etag is None or server.system.database_backend_plugin:
+        return etag
+    _, dash, md5 = etag.strip('"').partition("-")
+    return f'"0-{md5}"' if dash else etag
 
 
 def _if_match(revision: str | None) -> dict[str, str]:
@@ -134,7 +149,7 @@ def set_metadata(
         data=value.encode("utf-8"),
         headers={"Content-Type": "text/plain", **_if_match(revision)},
     )
-    return reply.headers.get("ETag")
+    return _written(server, reply.headers.get("ETag"))
 
 
 def delete_metadata(server: Server, path: str, name: str, revision: str | None = None) -> None:
@@ -173,7 +188,7 @@ def set_attachment(
         data=bytes(data),
         headers={"Content-Type": "application/octet-stream", **_if_match(revision)},
     )
-    return reply.headers.get("ETag")
+    return _written(server, reply.headers.get("ETag"))
 
 
 def delete_attachment(

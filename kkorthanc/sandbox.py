@@ -28,8 +28,14 @@ from typing import Any
 
 from .client import Orthanc
 from .errors import OrthancError, SandboxError
+from .postgres import PostgresCluster
 
 DEFAULT_BINARY = "/usr/sbin/Orthanc"
+#: Debian's orthanc-postgresql index plugin
+POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+#: user metadata and attachment types every sandbox declares (name -> index)
+USER_METADATA = {"Note": 1024, "Reviewer": 1025}
+USER_CONTENT_TYPES = {"Report": 1024}
 USERNAME = "kk"
 #: every sandbox password starts with this, so recordings can be checked for leaks
 PASSWORD_PREFIX = "kk-secret-"
@@ -93,6 +99,11 @@ class Sandbox:
         config: extra configuration keys, merged last.
         folder: where storage and logs go; a new temporary folder by default, deleted on stop.
         binary: path of the Orthanc executable.
+        index: a PostgreSQL cluster to keep the index in (Debian's ``orthanc-postgresql``
+            plugin), instead of SQLite in the folder.
+        index_database: the cluster's database to use; a new one by default. Several
+            sandboxes given the same database share one index, as the nodes of a
+            scaled-out site do.
     """
 
     name: str = "kkorthanc"
@@ -106,6 +117,8 @@ class Sandbox:
     dicom_port: int = 0
     password: str = field(default="", repr=False)
     username: str = USERNAME
+    index: PostgresCluster | None = None
+    index_database: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _owns_folder: bool = field(default=False, repr=False)
 
@@ -168,7 +181,12 @@ class Sandbox:
             "HttpDescribeErrors": True,
             "SaveJobs": False,
             "DicomScuTimeout": 10,
+            "UserMetadata": USER_METADATA,
+            "UserContentType": USER_CONTENT_TYPES,
         }
+        if self.index is not None:
+            config["Plugins"] = [POSTGRESQL_INDEX_PLUGIN]
+            config["PostgreSQL"] = self.index.orthanc_config(self.index_database)
         config.update(self.config)
         return config
 
@@ -177,6 +195,13 @@ class Sandbox:
         if self.running:
             return self
         binary = find_binary(self.binary)
+        if self.index is not None:
+            if not Path(POSTGRESQL_INDEX_PLUGIN).is_file():
+                raise SandboxError(
+                    "the PostgreSQL index plugin is not installed: "
+                    "apt-get install -y orthanc-postgresql"
+                )
+            self.index_database = self.index_database or self.index.create_database()
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix=f"kkorthanc-{self.name}-"))
             self._owns_folder = True

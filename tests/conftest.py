@@ -25,6 +25,7 @@ import vcr
 from vcr.request import Request as VcrRequest
 
 from kkorthanc import Orthanc
+from kkorthanc.postgres import PostgresCluster
 from kkorthanc.sandbox import Sandbox, start_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,13 +111,33 @@ def recorder(mode: str, port_map: PortMap) -> vcr.VCR:
     )
 
 
+#: ``postgresql``: live sandboxes keep their index in a PostgreSQL cluster (one database each)
+INDEX = os.environ.get("KK_TEST_INDEX", "sqlite")
+
+
 @pytest.fixture(scope="session")
-def sample_sandbox(kk_mode: str) -> Iterator[Sandbox | None]:
+def index_cluster(kk_mode: str) -> Iterator[PostgresCluster | None]:
+    """The PostgreSQL cluster of a ``KK_TEST_INDEX=postgresql`` live run, else ``None``."""
+    if kk_mode == "replay" or INDEX != "postgresql":
+        yield None
+        return
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def sandbox_options(index_cluster: PostgresCluster | None) -> dict[str, Any]:
+    """What every live sandbox of this run is started with (its index)."""
+    return {"index": index_cluster} if index_cluster is not None else {}
+
+
+@pytest.fixture(scope="session")
+def sample_sandbox(kk_mode: str, sandbox_options: dict[str, Any]) -> Iterator[Sandbox | None]:
     """The shared server with the synthetic sample loaded (``None`` in replay)."""
     if kk_mode == "replay":
         yield None
         return
-    with Sandbox(name="kk-shared", stable_age=2) as sandbox:
+    with Sandbox(name="kk-shared", stable_age=2, **sandbox_options) as sandbox:
         sandbox.load_synthetic()
         PORT_MAP.ports[sandbox.http_port] = SHARED_PORT
         yield sandbox
@@ -169,9 +190,10 @@ class Servers:
     as DICOM modalities ``alpha`` and ``beta``.
     """
 
-    def __init__(self, mode: str, stack: ExitStack) -> None:
+    def __init__(self, mode: str, stack: ExitStack, options: dict[str, Any]) -> None:
         self.mode = mode
         self.stack = stack
+        self.options = options
         self.next_port = SHARED_PORT + 1
         self.sandboxes: list[Sandbox] = []
 
@@ -191,7 +213,7 @@ class Servers:
         """A fresh server, optionally loaded with the synthetic sample or ``spec``."""
         if self.mode == "replay":
             return self._canonical(None)
-        sandbox = Sandbox(name=f"kk-test-{self.next_port}", **options)
+        sandbox = Sandbox(name=f"kk-test-{self.next_port}", **{**self.options, **options})
         self.stack.enter_context(sandbox)
         client = self._canonical(sandbox)
         if sample or spec is not None:
@@ -203,7 +225,7 @@ class Servers:
         """Two fresh servers, each the other's DICOM modality (``alpha`` knows ``beta``)."""
         if self.mode == "replay":
             return self._canonical(None), self._canonical(None)
-        first, second = start_pair(**options)
+        first, second = start_pair(**{**self.options, **options})
         self.stack.callback(first.stop)
         self.stack.callback(second.stop)
         return self._canonical(first), self._canonical(second)
@@ -217,10 +239,12 @@ class Servers:
 
 
 @pytest.fixture
-def servers(cassette: Any, kk_mode: str) -> Iterator[Servers]:
+def servers(
+    cassette: Any, kk_mode: str, sandbox_options: dict[str, Any]
+) -> Iterator[Servers]:
     """Fresh servers for this test, stopped afterwards."""
     with ExitStack() as stack:
-        yield Servers(kk_mode, stack)
+        yield Servers(kk_mode, stack, sandbox_options)
         for port in list(PORT_MAP.ports):
             if PORT_MAP.ports[port] != SHARED_PORT:
                 del PORT_MAP.ports[port]
