@@ -96,6 +96,9 @@ class Resource(ServerObject):
     """Every main DICOM tag the server sent, as raw strings, modelled or not."""
     labels: tuple[str, ...] = Field(default=(), alias="Labels")
     """Labels attached to the resource (Orthanc 1.12+; empty on older servers)."""
+    requested_tags: dict[str, Any] = Field(default_factory=dict, alias="RequestedTags")
+    """Tags asked for with ``requested_tags=`` in a find or listing, keyword -> value as
+    Orthanc sent them (Orthanc 1.11+); empty when none were asked for."""
 
     _children: tuple[Resource, ...] | None = PrivateAttr(default=None)
     _parent: Resource | None = PrivateAttr(default=None)

@@ -74,6 +74,12 @@ def _check_str_dict(value: Any) -> Any:
     return value  # kept, not copied: the listing's dict is not used elsewhere
 
 
+def _check_dict(value: Any) -> Any:
+    if type(value) is not dict:
+        raise _Unsupported
+    return value
+
+
 def _check_choice(choices: frozenset[str]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if value is not None and (type(value) is not str or value not in choices):
@@ -90,6 +96,7 @@ _PLAIN_CHECKS: list[tuple[Any, Callable[[Any], Any]]] = [
     (bool | None, _check_opt_bool),
     (tuple[str, ...], _check_str_tuple),
     (dict[str, str], _check_str_dict),
+    (dict[str, Any], _check_dict),
 ]
 
 
