@@ -25,7 +25,7 @@ from .errors import (
     OrthancError,
     ValidationFailed,
 )
-from .models import Instance, Resource, level_class
+from .models import LEVELS, Instance, Resource, level_class
 from .values import OrthancTime
 
 if TYPE_CHECKING:
@@ -299,8 +299,11 @@ def anonymize(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
     Args:
         resource: a patient, study, series or instance.
         as_job: run as a server job and return the :class:`Job` at once (not for instances).
-        replace: ``{keyword: value}`` to set in the copy; dates, times, numbers and lists
-            are written as DICOM strings.
+        replace: ``{name: value}`` to set in the copy; dates, times, numbers and lists
+            are written as DICOM strings, a list of mappings as a sequence
+            (:func:`~kkorthanc.tags.to_dicom`). Names here and in ``remove`` and ``keep``
+            are keywords, snake_case names, tag numbers or paths into sequences
+            (:func:`~kkorthanc.tags.tag_keyword`).
         remove: keywords to remove.
         keep: keywords to keep as they are (UIDs need ``force=True``).
         force: allow changing identifiers (UIDs, PatientID).
@@ -339,8 +342,11 @@ def modify(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
     Args:
         resource: a patient, study, series or instance.
         as_job: run as a server job and return the :class:`Job` at once (not for instances).
-        replace: ``{keyword: value}`` to set; dates, times, numbers and lists are written as
-            DICOM strings. Changing identifiers needs ``force=True``.
+        replace: ``{name: value}`` to set; dates, times, numbers and lists are written as
+            DICOM strings, a list of mappings as a sequence (:func:`~kkorthanc.tags.to_dicom`).
+            Names here and in ``remove`` and ``keep`` are keywords, snake_case names, tag
+            numbers or paths into sequences (:func:`~kkorthanc.tags.tag_keyword`).
+            Changing identifiers needs ``force=True``.
         remove: keywords to remove.
         keep: keywords to keep, e.g. ``["StudyInstanceUID", "SeriesInstanceUID",
             "SOPInstanceUID"]`` with ``force=True`` to modify in place. Above the instance
@@ -387,7 +393,7 @@ def _transform(
                 "synchronously: as_job applies to patients, studies and series"
             )
         return _transform_instance(resource, path, body)  # type: ignore[return-value]
-    if body.get("KeepSource") is False and _keeps_identity(resource.level, operation, body):
+    if body.get("KeepSource") is False and _keeps_identity(type(resource), operation, body):
         raise InvalidRequest(
             f"{operation}() keeps the identifiers of {resource.level.lower()} {resource.id}, so "
             "the result replaces it in place; keep_source=False would make the server delete "
@@ -406,24 +412,18 @@ def _transform(
     return type(resource).fetch(server, answer["ID"])
 
 
-#: the identifiers an Orthanc ID is computed from, per level
-_IDENTIFIERS: dict[str, tuple[str, ...]] = {
-    "Patient": ("PatientID",),
-    "Study": ("PatientID", "StudyInstanceUID"),
-    "Series": ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"),
-}
-
-
-def _keeps_identity(level: str, operation: str, body: Mapping[str, Any]) -> bool:
+def _keeps_identity(cls: type[Resource], operation: str, body: Mapping[str, Any]) -> bool:
     """Whether the result will have the source's Orthanc ID (all its identifiers unchanged).
 
+    The Orthanc ID is computed from the identifiers of the level and the levels above.
     Anonymization regenerates every identifier unless kept; modification regenerates only
     the UID of the level itself (a patient keeps its PatientID unless replaced).
     """
     replaced = body.get("Replace") or {}
     kept = set(body.get("Keep") or ())
-    own_uid = {"Study": "StudyInstanceUID", "Series": "SeriesInstanceUID"}.get(level)
-    for tag in _IDENTIFIERS.get(level, ()):
+    own_uid = cls.uid_keyword if cls.parent_class() is not None else None
+    for upper in LEVELS[: cls.depth]:
+        tag = upper.uid_keyword
         if tag in replaced:
             return False
         regenerated = operation == "anonymize" or tag == own_uid
@@ -492,12 +492,8 @@ def _operation_body(
 def _keywords(operation: str, name: str, value: Any) -> list[str]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidRequest(f"{operation}(): {name} must be a list of tag keywords, not {value!r}")
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise InvalidRequest(f"{operation}(): {name} holds a non-keyword {item!r}")
-        out.append(_tags.snake_to_keyword(item) if "_" in item else item)
-    return out
+    where = f"{operation}(): {name}: "
+    return [_tags.tag_keyword(item, where=where, paths=True) for item in value]
 
 
 def _replacements(operation: str, value: Any) -> dict[str, Any]:
@@ -507,27 +503,11 @@ def _replacements(operation: str, value: Any) -> dict[str, Any]:
         )
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidRequest(f"{operation}(): replace has a non-keyword key {key!r}")
-        keyword = _tags.snake_to_keyword(key) if "_" in key else key
-        out[keyword] = _dicom_value(operation, keyword, item)
+        keyword = _tags.tag_keyword(key, where=f"{operation}(): replace: ", paths=True)
+        if keyword in out:
+            raise InvalidRequest(f"{operation}(): replace names {keyword} twice")
+        out[keyword] = _tags.to_dicom(keyword, item, purpose="write", where=f"{operation}(): ")
     return out
-
-
-def _dicom_value(operation: str, keyword: str, value: Any) -> Any:
-    """A Python value as Orthanc's JSON wants it: DICOM strings, lists of datasets kept."""
-    text = _tags.value_to_dicom(value)
-    if text is not None:
-        return text
-    if isinstance(value, bool):
-        raise InvalidRequest(f"{operation}(): {keyword} cannot be a boolean")
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(item, Mapping) for item in value):
-            return [dict(item) for item in value]  # a sequence of items, as Orthanc takes it
-        return "\\".join(str(_dicom_value(operation, keyword, item)) for item in value)
-    raise InvalidRequest(
-        f"{operation}(): cannot write {type(value).__name__} {value!r} into {keyword}"
-    )
 
 
 __all__ = [

@@ -14,6 +14,7 @@ carrying that reason. A C-MOVE runs as a job, so its failure is a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -145,12 +146,16 @@ class Modality(ServerObject):
 
         Args:
             level: ``"patient"``, ``"study"``, ``"series"`` or ``"instance"`` (any case).
-            query: ``{keyword: value}`` to match; merged with ``tags``.
+            query: ``{name: value}`` to match; merged with ``tags`` (a tag named twice is
+                refused).
             timeout: DICOM timeout in seconds for this query.
-            **tags: more matches as keywords or snake_case (``PatientID="KK*"`` or
-                ``patient_id="KK*"``). Values: strings with ``*``/``?`` wildcards, a date,
-                a ``(first, last)`` pair for a range (either may be ``None``), a list for
-                any of several values, or ``None``/``""`` to ask for the tag back.
+            **tags: more matches. Names are DICOM keywords, snake_case names or tag numbers
+                (``PatientID="KK*"``, ``patient_id="KK*"``, ``"0010,0020"``), as everywhere
+                in kkorthanc (:func:`~kkorthanc.tags.tag_keyword`). Values are converted
+                like those of ``client.find`` (:func:`~kkorthanc.tags.to_dicom`): strings
+                with ``*``/``?`` wildcards, a date or time, a ``(first, last)`` pair for a
+                range on dates and times (either may be ``None``), a list for any of several
+                literal values, or ``None``/``""`` to ask for the tag back.
 
         The usual tags of the level are asked for as well, so that the typed fields of
         :class:`FindAnswer` are filled when the modality supports them.
@@ -160,7 +165,7 @@ class Modality(ServerObject):
             InvalidRequest: a level, keyword or value that cannot be sent.
         """
         name = level_class(level).level
-        keys = _query_keys(name, {**(query or {}), **tags})
+        keys = _query_keys(name, query, tags)
         body: dict[str, Any] = {"Level": name, "Query": keys}
         if timeout is not None:
             body["Timeout"] = _positive_int("timeout", timeout)
@@ -248,20 +253,20 @@ class Modality(ServerObject):
         return submitted_job(self.client, self.client.post_json(path, body))
 
     def _narrowing_query(self, answers: Sequence[FindAnswer]) -> str:
+        # the identifier of the level pins the set of answers down exactly
         level = answers[0].level
-        keys: dict[str, str] = {}
-        for keyword in _UNIQUE_KEYS[level]:
-            values: list[str] = []
-            for answer in answers:
-                value = answer.tags.get(keyword)
-                if not isinstance(value, str) or not value:
-                    raise InvalidRequest(
-                        f"a {level} answer without {keyword} cannot be retrieved with others; "
-                        "retrieve it alone"
-                    )
-                if value not in values:
-                    values.append(value)
-            keys[keyword] = "\\".join(values)
+        keyword = level_class(level).uid_keyword
+        values: list[str] = []
+        for answer in answers:
+            value = answer.tags.get(keyword)
+            if not isinstance(value, str) or not value:
+                raise InvalidRequest(
+                    f"a {level} answer without {keyword} cannot be retrieved with others; "
+                    "retrieve it alone"
+                )
+            if value not in values:
+                values.append(value)
+        keys = {keyword: "\\".join(values)}
         try:
             created = self.client.post_json(
                 f"{self.path}/query", {"Level": level, "Query": keys}
@@ -455,12 +460,7 @@ class FindAnswer(BaseModel):
             raise ValidationFailed(f"cannot read C-FIND answer {index}: {exc}") from exc
 
     def __repr__(self) -> str:
-        uid = {
-            "Patient": self.patient_id,
-            "Study": self.study_instance_uid,
-            "Series": self.series_instance_uid,
-            "Instance": self.sop_instance_uid,
-        }[self.level]
+        uid = getattr(self, level_class(self.level).uid_field)
         name = f" {str(self.patient_name)!r}" if self.patient_name else ""
         return f"<FindAnswer {self.level} {uid}{name} from {self.source_modality}>"
 
@@ -532,60 +532,34 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: keys that pin a set of answers down exactly, for a narrowing query
-_UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
-    "Patient": ("PatientID",),
-    "Study": ("StudyInstanceUID",),
-    "Series": ("SeriesInstanceUID",),
-    "Instance": ("SOPInstanceUID",),
-}
 
+def _query_keys(
+    level: str, query: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The ``Query`` of a C-FIND: the level's default keys, then the matches given.
 
-def _query_keys(level: str, matches: Mapping[str, Any]) -> dict[str, str]:
+    Names and values follow the package's one keyword rule and value conversion
+    (:func:`~kkorthanc.tags.tag_keyword`, :func:`~kkorthanc.tags.to_dicom` for matching).
+    """
     keys: dict[str, str] = dict.fromkeys(DEFAULT_KEYS[level], "")
-    for name, value in matches.items():
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"find(): not a tag keyword: {name!r}")
-        keyword = _tags.snake_to_keyword(name) if name == name.lower() else name
-        keys[keyword] = _query_value(keyword, value)
+    given: dict[str, object] = {}
+    for name, value in itertools.chain((query or {}).items(), (tags or {}).items()):
+        keyword = _tags.tag_keyword(name, where="find(): ")
+        if keyword in given:
+            raise InvalidRequest(
+                f"find(): {keyword} is given twice (as {given[keyword]!r} and {name!r})"
+            )
+        given[keyword] = name
+        keys[keyword] = _tags.to_dicom(keyword, value, purpose="match", where="find(): ")
     if "SpecificCharacterSet" not in keys and not all(v.isascii() for v in keys.values()):
         # ask for UTF-8, so the query and the answers can carry any character
         keys["SpecificCharacterSet"] = "ISO_IR 192"
     return keys
 
 
-def _query_value(keyword: str, value: Any) -> str:
-    if value is None:
-        return ""
-    text = _tags.value_to_dicom(value)
-    if text is not None:
-        return text
-    if isinstance(value, bool):
-        raise InvalidRequest(f"find(): {keyword} cannot be a boolean")
-    if isinstance(value, tuple) and len(value) == 2 and not all(isinstance(v, str) for v in value):
-        first, last = (_query_value(keyword, v) for v in value)
-        return f"{first}-{last}"
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value) if isinstance(value, set | frozenset) else value
-        return "\\".join(_query_value(keyword, v) for v in items)
-    raise InvalidRequest(f"find(): cannot match {keyword} against {type(value).__name__} {value!r}")
-
-
 def _bad_query(keys: Mapping[str, str], error: BadRequest) -> OrthancError:
     """Explain a refused query by the keywords kkorthanc does not know, if any."""
-    known = (
-        set(_tags.VR_OF)
-        | {k for ks in DEFAULT_KEYS.values() for k in ks}
-        | {
-            "SpecificCharacterSet",
-            "NumberOfPatientRelatedStudies",
-            "NumberOfPatientRelatedSeries",
-            "NumberOfPatientRelatedInstances",
-            "ModalitiesInStudy",
-            "SOPClassesInStudy",
-        }
-    )
-    unknown = [k for k in keys if k not in known and "," not in k]
+    unknown = [k for k in keys if _tags.vr_of(k) is None and "," not in k]
     if not unknown:
         return error
     hints = []

@@ -13,7 +13,10 @@ rather than regular expressions.
 
 The module also knows Orthanc's default main DICOM tags per level (:data:`MAIN_DICOM_TAGS`),
 their value representations (:data:`VR_OF`), converts between DICOM keywords and snake_case
-names, and formats Python dates and times back into DICOM strings for queries.
+names, and formats Python dates and times back into DICOM strings. It holds the one rule by
+which a tag name becomes the keyword the server takes (:func:`tag_keyword`) and the one
+conversion of Python values into DICOM query and modification text (:func:`to_dicom`), which
+queries, C-FIND and modifications share.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+from .errors import InvalidRequest
 
 if TYPE_CHECKING:
     from pydantic import GetCoreSchemaHandler
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAIN_DICOM_TAGS",
     "MULTI_VALUED",
+    "RANGE_VRS",
+    "TAG_NUMBERS",
     "VR_OF",
     "PersonName",
     "date_to_dicom",
@@ -49,8 +56,11 @@ __all__ = [
     "parse_tm",
     "snake_to_keyword",
     "suggest_keywords",
+    "tag_keyword",
     "time_to_dicom",
+    "to_dicom",
     "value_to_dicom",
+    "vr_of",
 ]
 
 T = TypeVar("T")
@@ -273,19 +283,13 @@ def datetime_to_dicom(dt: datetime.datetime) -> str:
 def value_to_dicom(value: object) -> str | None:
     """A string, number, date, time or datetime as DICOM text; ``None`` for anything else.
 
-    Booleans are not DICOM values and give ``None`` too.
+    Booleans are not DICOM values and give ``None`` too. This is :func:`to_dicom`'s rule for
+    one value of a tag whose value representation is not known, without the error.
     """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, datetime.datetime):
-        return datetime_to_dicom(value)
-    if isinstance(value, datetime.date):
-        return date_to_dicom(value)
-    if isinstance(value, datetime.time):
-        return time_to_dicom(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return None
+    try:
+        return _scalar_text(value, "value", None, "write", "", InvalidRequest)
+    except InvalidRequest:
+        return None
 
 
 def parse_is(value: str | None) -> int | None:
@@ -643,3 +647,363 @@ def suggest_keywords(name: str, n: int = 3) -> list[str]:
             if len(out) == n:
                 break
     return out
+
+
+# ---------------------------------------------------------------------------
+# Tag names and numbers
+# ---------------------------------------------------------------------------
+
+#: Group and element of every main DICOM tag, as Orthanc writes them (``gggg,eeee``).
+#: Queries are sent with these rather than keywords: the DICOM dictionary of 1.10.1 no longer
+#: knows the retired keyword ``OtherPatientIDs`` and answers 500 for it.
+TAG_NUMBERS: dict[str, str] = {
+    "PatientName": "0010,0010",
+    "PatientID": "0010,0020",
+    "PatientBirthDate": "0010,0030",
+    "PatientSex": "0010,0040",
+    "OtherPatientIDs": "0010,1000",
+    "StudyDate": "0008,0020",
+    "StudyTime": "0008,0030",
+    "StudyID": "0020,0010",
+    "StudyDescription": "0008,1030",
+    "AccessionNumber": "0008,0050",
+    "StudyInstanceUID": "0020,000d",
+    "RequestedProcedureDescription": "0032,1060",
+    "InstitutionName": "0008,0080",
+    "RequestingPhysician": "0032,1032",
+    "ReferringPhysicianName": "0008,0090",
+    "SeriesDate": "0008,0021",
+    "SeriesTime": "0008,0031",
+    "Modality": "0008,0060",
+    "Manufacturer": "0008,0070",
+    "StationName": "0008,1010",
+    "SeriesDescription": "0008,103e",
+    "BodyPartExamined": "0018,0015",
+    "SequenceName": "0018,0024",
+    "ProtocolName": "0018,1030",
+    "SeriesNumber": "0020,0011",
+    "CardiacNumberOfImages": "0018,1090",
+    "ImagesInAcquisition": "0020,1002",
+    "NumberOfTemporalPositions": "0020,0105",
+    "NumberOfSlices": "0054,0081",
+    "NumberOfTimeSlices": "0054,0101",
+    "SeriesInstanceUID": "0020,000e",
+    "ImageOrientationPatient": "0020,0037",
+    "SeriesType": "0054,1000",
+    "OperatorsName": "0008,1070",
+    "PerformedProcedureStepDescription": "0040,0254",
+    "AcquisitionDeviceProcessingDescription": "0018,1400",
+    "ContrastBolusAgent": "0018,0010",
+    "InstanceCreationDate": "0008,0012",
+    "InstanceCreationTime": "0008,0013",
+    "AcquisitionNumber": "0020,0012",
+    "ImageIndex": "0054,1330",
+    "InstanceNumber": "0020,0013",
+    "NumberOfFrames": "0028,0008",
+    "TemporalPositionIdentifier": "0020,0100",
+    "SOPInstanceUID": "0008,0018",
+    "ImagePositionPatient": "0020,0032",
+    "ImageComments": "0020,4000",
+}
+
+
+_KEYWORD_OF_NUMBER = {number: keyword for keyword, number in TAG_NUMBERS.items()}
+
+#: Value representations of the keywords kkorthanc sends besides the main DICOM tags (the
+#: keys a C-FIND asks back).
+_OTHER_VRS: dict[str, str] = {
+    "SpecificCharacterSet": "CS",
+    "ModalitiesInStudy": "CS",
+    "SOPClassUID": "UI",
+    "SOPClassesInStudy": "UI",
+    "NumberOfPatientRelatedStudies": "IS",
+    "NumberOfPatientRelatedSeries": "IS",
+    "NumberOfPatientRelatedInstances": "IS",
+    "NumberOfStudyRelatedSeries": "IS",
+    "NumberOfStudyRelatedInstances": "IS",
+    "NumberOfSeriesRelatedInstances": "IS",
+}
+
+_TAG_NUMBER_RE = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_PATH_STEP_RE = re.compile(r"([^\[\]]+)(\[(?:[0-9]+|\*)\])?")
+
+
+def vr_of(keyword: str) -> str | None:
+    """The value representation of ``keyword`` when kkorthanc knows it, else ``None``.
+
+    Known are the main DICOM tags (:data:`VR_OF`) and the keys a C-FIND asks back.
+    """
+    return VR_OF.get(keyword) or _OTHER_VRS.get(keyword)
+
+
+def _one_name(text: str) -> str | None:
+    number = _TAG_NUMBER_RE.fullmatch(text)
+    if number is not None:
+        group, element = number.groups()
+        return _KEYWORD_OF_NUMBER.get(f"{group},{element}".lower(), f"{group},{element}")
+    if _NAME_RE.fullmatch(text):
+        return snake_to_keyword(text)
+    return None
+
+
+def _path_step(step: str) -> str | None:
+    match = _PATH_STEP_RE.fullmatch(step)
+    if match is None:
+        return None
+    name = _one_name(match[1])
+    return None if name is None else name + (match[2] or "")
+
+
+def tag_keyword(
+    name: object,
+    *,
+    where: str = "",
+    paths: bool = False,
+    error: type[InvalidRequest] = InvalidRequest,
+) -> str:
+    """The spelling of a tag name that the server takes: the one keyword rule of kkorthanc.
+
+    A DICOM keyword comes back as it is (``PatientName``), a snake_case name as its keyword
+    (``study_instance_uid`` gives ``StudyInstanceUID``, see :func:`snake_to_keyword`), and a
+    tag number (``gggg,eeee`` or ``ggggeeee``, in parentheses or not) as the keyword of a
+    main DICOM tag (``0010,0010`` gives ``PatientName``) or, for any other tag, as
+    ``gggg,eeee``. Spaces around the name are ignored. With ``paths``, a path into sequences
+    is taken too, each step resolved the same way
+    (``referenced_image_sequence[0].referenced_sop_instance_uid``).
+
+    Whether the tag exists is left to the caller: a query takes main DICOM tags only, the
+    server looks other keywords up in its own dictionary.
+
+    Raises:
+        InvalidRequest: (or ``error``) ``name`` is not a string of that form; the message
+            starts with ``where``, which names the argument.
+    """
+    if isinstance(name, str):
+        text = name.strip()
+        if paths and ("." in text or "[" in text):
+            steps = [_path_step(step) for step in text.split(".")]
+            if all(step is not None for step in steps):
+                return ".".join(step for step in steps if step is not None)
+        else:
+            found = _one_name(text)
+            if found is not None:
+                return found
+    raise error(
+        f"{where}{name!r} is not a tag name: give a DICOM keyword (PatientName), a snake_case "
+        "name (patient_name) or a tag number (0010,0010)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Python values as DICOM text, for queries and modifications
+# ---------------------------------------------------------------------------
+
+#: Value representations on which ``A-B`` is a range.
+RANGE_VRS: frozenset[str] = frozenset({"DA", "DT", "TM"})
+#: Value representations that hold decimal numbers (a ``float`` is accepted on these).
+_DECIMAL_VRS = frozenset({"DS", "FL", "FD", "OF", "OD"})
+_DS_LENGTH = 16
+
+Purpose = Literal["match", "write"]
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
+def _decimal_text(value: float, vr: str | None) -> str:
+    text = repr(value)
+    if vr == "DS" and len(text) > _DS_LENGTH:  # a DS holds 16 characters at most
+        for digits in range(_DS_LENGTH - 1, 0, -1):
+            text = f"{value:.{digits}g}"
+            if len(text) <= _DS_LENGTH:
+                break
+    return text
+
+
+def _scalar_text(
+    value: Any,
+    keyword: str,
+    vr: str | None,
+    purpose: Purpose,
+    where: str,
+    error: type[InvalidRequest],
+) -> str:
+    """One Python value as DICOM text for a tag of value representation ``vr`` (or unknown)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise error(f"{where}{keyword}: a bool is not a DICOM value")
+    if isinstance(value, int):
+        return str(value)
+    verb = "query with" if purpose == "match" else "write"
+    if isinstance(value, float):
+        if vr is not None and vr not in _DECIMAL_VRS:
+            raise error(
+                f"{where}{keyword} has value representation {vr}: cannot {verb} a float; "
+                "pass an int or a string"
+            )
+        if not math.isfinite(value):
+            raise error(f"{where}{keyword}: {value!r} is not a DICOM number")
+        return _decimal_text(value, vr)
+    if isinstance(value, _datetime):
+        if vr is None or vr == "DT":
+            return datetime_to_dicom(value)
+        wanted = {"DA": "a datetime.date", "TM": "a datetime.time"}.get(vr)
+        instead = f"{wanted} or a string" if wanted else "a string"
+        raise error(
+            f"{where}{keyword} has value representation {vr}: pass {instead}, not a datetime"
+        )
+    if isinstance(value, _date):
+        if vr is None or vr in ("DA", "DT"):
+            return date_to_dicom(value)
+        raise error(f"{where}{keyword} has value representation {vr}, not a date")
+    if isinstance(value, _time):
+        if vr is None or vr == "TM":
+            return time_to_dicom(value)
+        raise error(f"{where}{keyword} has value representation {vr}, not a time")
+    if purpose == "match":
+        hint = "a date, a time, a (start, end) pair or a list of alternatives"
+    else:
+        hint = "a number, a date, a time, a list of values or a list of datasets"
+    raise error(
+        f"{where}{keyword}: cannot {verb} {_article(type(value).__name__)}; use a string in "
+        f"DICOM syntax, {hint}"
+    )
+
+
+def _match_text(
+    keyword: str, vr: str | None, value: Any, where: str, error: type[InvalidRequest]
+) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise error(
+                f"{where}{keyword}: a tuple is a (start, end) range and needs two items, "
+                f"not {len(value)}; use a list for alternatives"
+            )
+        if vr is not None and vr not in RANGE_VRS:
+            raise error(
+                f"{where}{keyword} has value representation {vr}: ranges exist only for dates "
+                "and times (DA, TM, DT)"
+            )
+        start, end = (
+            "" if bound is None else _scalar_text(bound, keyword, vr, "match", where, error)
+            for bound in value
+        )
+        for bound in (start, end):
+            if "-" in bound or "\\" in bound:
+                raise error(f"{where}{keyword}: range bound {bound!r} contains '-' or '\\'")
+        return f"{start}-{end}"
+    if isinstance(value, (list, set, frozenset)):
+        items = [_scalar_text(item, keyword, vr, "match", where, error) for item in value]
+        if isinstance(value, (set, frozenset)):
+            items.sort()
+        if not items:
+            raise error(f"{where}{keyword}: an empty list of alternatives matches nothing")
+        for item in items:
+            if "\\" in item:
+                raise error(f"{where}{keyword}: list item {item!r} contains a backslash")
+            if vr in RANGE_VRS and "-" in item:
+                # the server would read the whole list as a range
+                raise error(f"{where}{keyword}: list item {item!r} contains '-'")
+        if len(items) == 1:
+            (item,) = items
+            if "*" in item or "?" in item:
+                # list items are literal; repeating the item keeps the list semantics
+                return f"{item}\\{item}"
+            return item
+        return "\\".join(items)
+    return _scalar_text(value, keyword, vr, "match", where, error)
+
+
+def _write_value(
+    keyword: str, vr: str | None, value: Any, where: str, error: type[InvalidRequest]
+) -> str | list[dict[str, Any]]:
+    if value is None:
+        raise error(
+            f"{where}{keyword}: None is not a DICOM value; remove the tag, or write '' to "
+            "empty it"
+        )
+    if isinstance(value, (list, tuple, set, frozenset)):
+        unordered = isinstance(value, (set, frozenset))
+        if value and not unordered and all(isinstance(item, Mapping) for item in value):
+            return [_dataset(item, where, error) for item in value]  # a sequence's items
+        texts = [_scalar_text(item, keyword, vr, "write", where, error) for item in value]
+        if unordered:
+            texts.sort()
+        for text in texts:
+            if "\\" in text:
+                raise error(
+                    f"{where}{keyword}: value {text!r} contains a backslash, which separates "
+                    "values: give the values as a list"
+                )
+        return "\\".join(texts)
+    return _scalar_text(value, keyword, vr, "write", where, error)
+
+
+def _dataset(
+    item: Mapping[Any, Any], where: str, error: type[InvalidRequest]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        keyword = tag_keyword(key, where=where, error=error)
+        out[keyword] = _write_value(keyword, vr_of(keyword), value, where, error)
+    return out
+
+
+@overload
+def to_dicom(
+    keyword: str,
+    value: Any,
+    *,
+    purpose: Literal["match"],
+    where: str = "",
+    error: type[InvalidRequest] = InvalidRequest,
+) -> str: ...
+@overload
+def to_dicom(
+    keyword: str,
+    value: Any,
+    *,
+    purpose: Literal["write"],
+    where: str = "",
+    error: type[InvalidRequest] = InvalidRequest,
+) -> str | list[dict[str, Any]]: ...
+def to_dicom(
+    keyword: str,
+    value: Any,
+    *,
+    purpose: Purpose,
+    where: str = "",
+    error: type[InvalidRequest] = InvalidRequest,
+) -> str | list[dict[str, Any]]:
+    """A Python value as the DICOM text the server takes for tag ``keyword``.
+
+    The one conversion of kkorthanc, used by queries (``find``), C-FIND and modifications.
+    ``keyword`` comes from :func:`tag_keyword`; when its value representation is known
+    (:func:`vr_of`) the value must fit it, otherwise the value's type decides.
+
+    Every purpose takes a string as it is (DICOM syntax), an ``int``, a ``float`` on decimal
+    tags (DS, FL, FD), a ``date`` on DA and DT tags, a ``time`` on TM tags and a ``datetime``
+    on DT tags. A ``bool`` is refused.
+
+    ``purpose="match"`` (a query's value): ``None`` matches anything (``""``); a
+    ``(start, end)`` tuple is a range on dates and times (``None`` for an open end); a list or
+    set means any of its items, which are literal (a lone item with a wildcard is repeated,
+    ``C*\\C*``, so that it stays a list); an empty list is refused.
+
+    ``purpose="write"`` (a modification's value): a list, tuple or set holds the values of a
+    multi-valued tag, joined by ``\\`` (a set sorted); a list of mappings is a sequence, each
+    item a dataset whose names and values follow the same rules; ``None`` is refused.
+
+    Raises:
+        InvalidRequest: (or ``error``) a value that does not fit; the message starts with
+            ``where`` and names ``keyword``.
+    """
+    vr = vr_of(keyword)
+    if purpose == "match":
+        return _match_text(keyword, vr, value, where, error)
+    return _write_value(keyword, vr, value, where, error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 import pytest
@@ -337,3 +338,44 @@ def test_bad_options_fail_before_any_request() -> None:
         "Remove": ["AccessionNumber"],
         "KeepSource": False,
     }
+
+
+@pytest.mark.no_cassette
+def test_options_follow_the_one_keyword_rule_and_value_conversion() -> None:
+    body = _operation_body(
+        "modify",
+        _MODIFY_OPTIONS,
+        {
+            "replace": {
+                "0008,1030": "By number",
+                "referenced_study_sequence": [
+                    {"referenced_sop_instance_uid": "1.2", "study_date": datetime.date(2020, 1, 2)}
+                ],
+                "SeriesType": ("STATIC", "IMAGE"),
+            },
+            "remove": ["modality", "0019,1001", "referenced_image_sequence[0].sop_instance_uid"],
+            "keep": ["study_instance_uid"],
+        },
+    )
+    assert body == {
+        "Replace": {
+            "StudyDescription": "By number",
+            "ReferencedStudySequence": [
+                {"ReferencedSOPInstanceUID": "1.2", "StudyDate": "20200102"}
+            ],
+            "SeriesType": "STATIC\\IMAGE",  # values of a multi-valued tag, not a range
+        },
+        "Remove": ["Modality", "0019,1001", "ReferencedImageSequence[0].SOPInstanceUID"],
+        "Keep": ["StudyInstanceUID"],
+    }
+    for options, message in [
+        ({"replace": {"StudyDate": datetime.datetime(2020, 1, 2, 3)}}, "not a datetime"),
+        ({"replace": {"InstanceNumber": 1.5}}, "value representation IS: cannot write a float"),
+        ({"replace": {"StudyDescription": None}}, "None is not a DICOM value"),
+        ({"replace": {"StudyDescription": True}}, "a bool is not a DICOM value"),
+        ({"replace": {"PatientName": "A", "patient_name": "B"}}, "names PatientName twice"),
+        ({"remove": ["Patient Name"]}, "remove: 'Patient Name' is not a tag name"),
+        ({"keep": [""]}, "keep: '' is not a tag name"),
+    ]:
+        with pytest.raises(InvalidRequest, match="^modify\\(\\): .*" + re.escape(message)):
+            _operation_body("modify", _MODIFY_OPTIONS, options)

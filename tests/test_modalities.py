@@ -9,6 +9,7 @@ that accepts but never answers ("hole").
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -311,6 +312,32 @@ def test_query_keys_are_built_from_python_values() -> None:
     assert ranged["StudyDate"] == "-20010203"
     with pytest.raises(InvalidRequest, match="StudyDate"):
         _query_keys("Study", {"StudyDate": object()})
+
+
+@pytest.mark.no_cassette
+def test_query_keys_follow_the_rules_of_client_find() -> None:
+    """Names and values go through the same rule and conversion as ``client.find``."""
+    keys = _query_keys(
+        "Study",
+        {"0010,0020": "KK*", "modality": ["C*"], "study_date": ("20200101", "20201231")},
+        {"(0008,0016)": "1.2.3"},
+    )
+    assert keys["PatientID"] == "KK*"  # a main tag's number: its keyword, asked once
+    assert "0010,0020" not in keys
+    assert keys["Modality"] == "C*\\C*"  # list items are literal
+    assert keys["StudyDate"] == "20200101-20201231"  # a tuple is a range
+    assert keys["0008,0016"] == "1.2.3"
+    for matches, message in [
+        ({"PatientID": "A", "patient_id": "B"}, "PatientID is given twice"),
+        ({"Patient Name": "A"}, "'Patient Name' is not a tag name"),
+        ({"PatientID": ("A", "B")}, "ranges exist only for dates and times"),
+        ({"StudyDate": datetime.datetime(2020, 1, 2, 3)}, "not a datetime"),
+        ({"NumberOfStudyRelatedInstances": 2.0}, "cannot query with a float"),
+        ({"Modality": []}, "an empty list of alternatives"),
+        ({"PatientID": True}, "a bool is not a DICOM value"),
+    ]:
+        with pytest.raises(InvalidRequest, match=f"^find\\(\\): .*{re.escape(message)}"):
+            _query_keys("Study", matches)
 
 
 @pytest.mark.no_cassette

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kkorthanc.errors import InvalidRequest, QueryError
 from kkorthanc.tags import (
     MAIN_DICOM_TAGS,
     MULTI_VALUED,
+    TAG_NUMBERS,
     VR_OF,
     PersonName,
     date_to_dicom,
@@ -30,8 +33,11 @@ from kkorthanc.tags import (
     parse_tm,
     snake_to_keyword,
     suggest_keywords,
+    tag_keyword,
     time_to_dicom,
+    to_dicom,
     value_to_dicom,
+    vr_of,
 )
 
 UTC = dt.timezone.utc
@@ -636,3 +642,180 @@ def test_suggest_keywords_has_no_duplicates() -> None:
 )
 def test_value_to_dicom(value: object, expected: str | None) -> None:
     assert value_to_dicom(value) == expected
+
+
+# ---------------------------------------------------------------------------
+# The one keyword rule and the one value conversion
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("PatientName", "PatientName"),
+        ("patient_name", "PatientName"),
+        (" sop_instance_uid ", "SOPInstanceUID"),
+        ("modality", "Modality"),  # snake_case without an underscore
+        ("ModalitiesInStudy", "ModalitiesInStudy"),  # any keyword, not only main tags
+        ("0010,0010", "PatientName"),
+        ("(0020,000D)", "StudyInstanceUID"),
+        ("0020000d", "StudyInstanceUID"),
+        ("0008,0016", "0008,0016"),  # not a main tag: the number, as the server takes it
+        ("(0019,10AB)", "0019,10AB"),
+    ],
+)
+def test_tag_keyword_spellings(name: str, expected: str) -> None:
+    assert tag_keyword(name) == expected
+
+
+def test_tag_keyword_paths_only_where_asked() -> None:
+    path = "referenced_image_sequence[0].referenced_sop_instance_uid"
+    assert tag_keyword(path, paths=True) == "ReferencedImageSequence[0].ReferencedSOPInstanceUID"
+    assert tag_keyword("OtherPatientIDsSequence[*].0010,0020", paths=True) == (
+        "OtherPatientIDsSequence[*].PatientID"
+    )
+    with pytest.raises(InvalidRequest, match="is not a tag name"):
+        tag_keyword(path)
+
+
+@pytest.mark.parametrize("name", ["", "  ", "Patient Name", "_x", "1abc", "a[0]", 7, None])
+def test_tag_keyword_refusals_name_the_argument(name: object) -> None:
+    with pytest.raises(InvalidRequest, match=r"^find\(\): .* is not a tag name") as caught:
+        tag_keyword(name, where="find(): ")
+    assert type(caught.value) is InvalidRequest
+    with pytest.raises(QueryError):
+        tag_keyword(name, error=QueryError)
+
+
+def test_tag_numbers_resolve_to_their_keywords() -> None:
+    for keyword, number in TAG_NUMBERS.items():
+        assert tag_keyword(number) == keyword
+        assert tag_keyword(f"({number.upper()})") == keyword
+
+
+def test_vr_of_knows_main_tags_and_find_keys() -> None:
+    assert vr_of("StudyDate") == "DA"
+    assert vr_of("NumberOfStudyRelatedInstances") == "IS"
+    assert vr_of("ModalitiesInStudy") == "CS"
+    assert vr_of("PatientWeight") is None
+    assert vr_of("0019,1001") is None
+
+
+def test_to_dicom_match() -> None:
+    def match(keyword: str, value: Any) -> str:
+        return to_dicom(keyword, value, purpose="match")
+
+    assert match("PatientName", "DOE*") == "DOE*"
+    assert match("PatientName", None) == ""
+    assert match("SeriesNumber", 3) == "3"
+    assert match("StudyDate", dt.date(2020, 1, 2)) == "20200102"
+    assert match("StudyTime", dt.time(8, 30)) == "083000"
+    assert match("StudyDate", (dt.date(2020, 1, 2), None)) == "20200102-"
+    assert match("StudyDate", (None, "20201231")) == "-20201231"
+    assert match("StudyDate", ("20200101", "20201231")) == "20200101-20201231"
+    assert match("Modality", ["CT", "MR"]) == "CT\\MR"
+    assert match("Modality", {"MR", "CT"}) == "CT\\MR"
+    assert match("Modality", ["C*"]) == "C*\\C*"  # a list's items are literal
+    assert match("ImagePositionPatient", 1.5) == "1.5"
+    # a tag whose value representation is not known: the value's type decides
+    assert match("AcquisitionDateTime", dt.datetime(2020, 1, 2, 3, 4, 5)) == "20200102030405"
+    assert match("ScheduledProcedureStepStartDate", (dt.date(2020, 1, 2), None)) == "20200102-"
+    assert match("PatientWeight", 72.5) == "72.5"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("SeriesNumber", True, "SeriesNumber: a bool is not a DICOM value"),
+        ("SeriesNumber", 1.5, "value representation IS: cannot query with a float"),
+        ("StudyDate", dt.datetime(2020, 1, 1, 10), "pass a datetime.date or a string, not a"),
+        ("StudyTime", dt.date(2020, 1, 1), "value representation TM, not a date"),
+        ("StudyDate", dt.time(1), "value representation DA, not a time"),
+        ("PatientID", ("A", "B"), "ranges exist only for dates and times"),
+        ("StudyDate", (dt.date(2020, 1, 1),), "needs two items, not 1"),
+        ("StudyDate", ("2020-", None), "contains '-'"),
+        ("Modality", [], "an empty list of alternatives matches nothing"),
+        ("Modality", ["CT\\MR"], "contains a backslash"),
+        ("Modality", [["CT"]], "cannot query with a list"),
+        ("StudyDate", ["20200101-20200102"], "contains '-'"),
+        ("ModalitiesInStudy", ("CT", "MR"), "value representation CS: ranges exist only"),
+        ("PatientWeight", float("nan"), "is not a DICOM number"),
+        ("PatientName", object(), "cannot query with an object"),
+    ],
+)
+def test_to_dicom_match_refusals(keyword: str, value: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as caught:
+        to_dicom(keyword, value, purpose="match", where="find(): ")
+    assert str(caught.value).startswith(f"find(): {keyword}")
+    with pytest.raises(QueryError, match=re.escape(message)):
+        to_dicom(keyword, value, purpose="match", error=QueryError)
+
+
+def test_to_dicom_write() -> None:
+    def write(keyword: str, value: Any) -> Any:
+        return to_dicom(keyword, value, purpose="write")
+
+    assert write("StudyDescription", "Chest") == "Chest"
+    assert write("StudyDate", dt.date(2021, 3, 4)) == "20210304"
+    assert write("InstanceNumber", 42) == "42"
+    assert write("OperatorsName", ["A^B", "C^D"]) == "A^B\\C^D"
+    assert write("OperatorsName", ("A^B", "C^D")) == "A^B\\C^D"  # a tuple is no range here
+    assert write("SeriesType", {"STATIC", "IMAGE"}) == "IMAGE\\STATIC"
+    assert write("ImageComments", []) == ""
+    assert write("ImagePositionPatient", [0.5, -1, 2.25]) == "0.5\\-1\\2.25"
+    # a DS holds 16 characters: longer decimals lose digits, not validity
+    assert write("ImagePositionPatient", 1 / 3) == "0.33333333333333"
+    assert write("PatientWeight", 1 / 3) == repr(1 / 3)  # not a DS: as Python writes it
+    assert write(
+        "ReferencedStudySequence",
+        [{"referenced_sop_instance_uid": "1.2", "0008,0020": dt.date(2020, 1, 2), "X": 3}],
+    ) == [{"ReferencedSOPInstanceUID": "1.2", "StudyDate": "20200102", "X": "3"}]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("StudyDescription", None, "None is not a DICOM value"),
+        ("StudyDescription", True, "a bool is not a DICOM value"),
+        ("StudyDate", dt.datetime(2020, 1, 2, 3), "not a datetime"),
+        ("InstanceNumber", 7.5, "value representation IS: cannot write a float"),
+        ("OperatorsName", ["A\\B"], "contains a backslash"),
+        ("StudyDescription", object(), "cannot write an object"),
+        ("OperatorsName", [["A"]], "cannot write a list"),
+        ("ReferencedStudySequence", [{"Bad Name": "1"}], "'Bad Name' is not a tag name"),
+    ],
+)
+def test_to_dicom_write_refusals(keyword: str, value: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as caught:
+        to_dicom(keyword, value, purpose="write", where="modify(): ")
+    assert str(caught.value).startswith("modify(): ")
+
+
+scalars = st.one_of(
+    st.text(max_size=5),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.dates(),
+    st.times(),
+    st.datetimes(),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(scalars)
+def test_one_conversion_for_single_values(value: object) -> None:
+    """value_to_dicom, matching and writing agree on one value of a tag of unknown VR."""
+    expected = value_to_dicom(value)
+
+    def converted(purpose: str) -> object:
+        try:
+            if purpose == "match":
+                return to_dicom("PatientWeight", value, purpose="match")
+            return to_dicom("PatientWeight", value, purpose="write")
+        except InvalidRequest:
+            return None
+
+    assert converted("write") == expected
+    assert converted("match") == ("" if value is None else expected)  # None matches anything
+

@@ -1,0 +1,51 @@
+"""DICOM matching: one query engine, sent to the server or applied to a forest.
+
+A query is compiled once (:func:`compile_query`) into :class:`Constraint` objects; the same
+compiled query becomes the body of ``POST /tools/find`` (:func:`server_find`) or filters a
+forest in memory (:func:`local_find`), and both give the same resources. The rules, and how
+they reproduce Orthanc's two filtering stages, are in ``docs/matching.md``.
+
+Modules: :mod:`.engine` (normalizations and matchers), :mod:`.compile` (names and values to
+constraints), :mod:`.remote` (the server), :mod:`.local` (a forest).
+"""
+
+from __future__ import annotations
+
+from ..errors import QueryError, UnknownKeyword
+from ..models import LEVELS as _LEVEL_CLASSES
+from ..models import Level
+from ..tags import RANGE_VRS, TAG_NUMBERS
+from .compile import (
+    WILDCARD_VRS,
+    CompiledQuery,
+    LabelsConstraint,
+    compile_query,
+    queryable_tags,
+)
+from .engine import IDENTIFIER_TAGS, Constraint, Kind, normalize_identifier, upper_with_accents
+from .local import ForestLike, local_find
+from .remote import server_find
+
+#: Level names from the top down: the ``level`` of each class in ``kkorthanc.models.LEVELS``.
+LEVELS: tuple[Level, ...] = tuple(cls.level for cls in _LEVEL_CLASSES)
+
+__all__ = [
+    "IDENTIFIER_TAGS",
+    "LEVELS",
+    "RANGE_VRS",
+    "TAG_NUMBERS",
+    "WILDCARD_VRS",
+    "CompiledQuery",
+    "Constraint",
+    "ForestLike",
+    "Kind",
+    "LabelsConstraint",
+    "QueryError",
+    "UnknownKeyword",
+    "compile_query",
+    "local_find",
+    "normalize_identifier",
+    "queryable_tags",
+    "server_find",
+    "upper_with_accents",
+]
