@@ -159,6 +159,16 @@ class ChangePage(BaseModel):
     """The sequence number to ask from next (``since=last``)."""
 
 
+#: POST routes that change nothing on the server (everything else but GET may)
+_READ_ONLY_POSTS = frozenset(
+    {"/tools/find", "/tools/lookup", "/tools/bulk-content", "/tools/create-archive"}
+)
+_READ_ONLY_POST_ENDS = ("/echo", "/query")
+#: how many writes were sent to each server URL in this process (see Server.write_epoch)
+_write_epochs: dict[str, int] = {}
+_write_epochs_lock = threading.Lock()
+
+
 class Server:
     """One Orthanc server as the rest of the package sees it.
 
@@ -212,6 +222,22 @@ class Server:
     def close(self) -> None:
         """Close pooled connections."""
         self._transport.close()
+
+    @property
+    def write_epoch(self) -> int:
+        """How many requests that may change data were sent to this server's URL by any
+        client of this process; caches built from the server compare it to stay true."""
+        return _write_epochs.get(self.url, 0)
+
+    def _note(self, method: str, path: str) -> None:
+        """Count a request that may change the server's data in :attr:`write_epoch`."""
+        if method == "GET" or (
+            method == "POST"
+            and (path in _READ_ONLY_POSTS or path.endswith(_READ_ONLY_POST_ENDS))
+        ):
+            return
+        with _write_epochs_lock:
+            _write_epochs[self.url] = _write_epochs.get(self.url, 0) + 1
 
     # -- server info and gates -----------------------------------------------------------------
 
@@ -270,14 +296,17 @@ class Server:
 
     def post_json(self, path: str, body: Any = None, *, repeatable: bool | None = None) -> Any:
         """``POST path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
+        self._note("POST", path)
         return self._transport.post_json(path, body, repeatable=repeatable)
 
     def put_json(self, path: str, body: Any = None) -> Any:
         """``PUT path`` with a JSON body and decode the JSON answer (``None`` if empty)."""
+        self._note("PUT", path)
         return self._transport.put_json(path, body)
 
     def delete(self, path: str) -> Any:
         """``DELETE path`` and decode the answer (``None`` if empty)."""
+        self._note("DELETE", path)
         return self._transport.delete(path)
 
     def send(
@@ -292,6 +321,7 @@ class Server:
         repeatable: bool | None = None,
     ) -> Reply:
         """Any request; the whole answer (status, headers, body). Error statuses raise."""
+        self._note(method.upper(), path)
         return self._transport.request(
             method,
             path,
@@ -315,6 +345,7 @@ class Server:
         repeatable: bool | None = None,
     ) -> Reply:
         """``POST path`` with a raw body and return the whole answer."""
+        self._note("POST", path)
         headers = {"Content-Type": content_type} if content_type else None
         return self._transport.request(
             "POST", path, data=data, headers=headers, repeatable=repeatable
@@ -322,6 +353,7 @@ class Server:
 
     def post_for_bytes(self, path: str, body: Any = None) -> bytes:
         """``POST path`` with a JSON body and return the raw answer (e.g. a modified file)."""
+        self._note("POST", path)
         return self._transport.request("POST", path, json_body=body).content
 
     def download(
@@ -340,7 +372,9 @@ class Server:
         return self._transport.download(method, path, sink, json_body=json_body, long=long)
 
     def channel(self) -> BinaryChannel:
-        """A keep-alive connection of its own for one thread's stream of binary uploads."""
+        """A keep-alive connection of its own for one thread's stream of binary uploads
+        (counted as a write in :attr:`write_epoch`: it exists to store files)."""
+        self._note("POST", "/instances")
         return self._transport.channel()
 
     # -- paging ------------------------------------------------------------------------------

@@ -230,6 +230,10 @@ class Servers:
         self.stack.callback(second.stop)
         return self._canonical(first), self._canonical(second)
 
+    def auth_of(self, client: Orthanc) -> tuple[str, str]:
+        """The credentials of a server's client: the sandbox's live, placeholders in replay."""
+        return REPLAY_AUTH if self.mode == "replay" else self.sandbox_of(client).auth
+
     def sandbox_of(self, client: Orthanc) -> Sandbox:
         """The sandbox behind a live client (live and record modes only)."""
         for sandbox in self.sandboxes:

@@ -114,6 +114,29 @@ def test_build_costs_only_the_listing_pages_and_walking_costs_nothing(client: Or
     assert (info.hits, info.misses, info.currsize) == (1, 1, 1)
 
 
+def test_the_cached_forest_follows_writes_made_through_any_client(
+    servers: Servers, kk_mode: str
+) -> None:
+    client = servers.new(sample=True)
+    forest = build_patient_forest(client, depth="series")
+    assert forest.counts == (4, 8, 16, 48)
+    extra = synthetic.SyntheticSpec(patients=1, studies_per_patient=1, series_per_study=1, seed=7)
+    files = [data for _, data in synthetic.generate_bytes(extra)]
+    # one worker with cassettes: the recorder loses interactions that overlap in time
+    report = client.upload(files, progress=False, workers=4 if kk_mode == "live" else 1)
+    assert len(report.stored) == 3
+    before = client.request_count
+    again = build_patient_forest(client, depth="series")
+    assert again is forest and forest.counts == (5, 9, 17, 51)
+    assert 0 < client.request_count - before <= 6  # an update, not a rebuild
+    before = client.request_count
+    assert build_patient_forest(client, depth="series") is forest
+    assert client.request_count == before  # nothing written since: no request
+    with Orthanc(client.url, auth=servers.auth_of(client)) as other:
+        other.study(forest.studies[0].id).delete()  # another client of this process
+    assert build_patient_forest(client, depth="series").counts.studies == 8
+
+
 @pytest.mark.usefixtures("settled")
 def test_small_pages_cost_one_request_per_page_and_give_the_same_forest(
     client: Orthanc,

@@ -46,6 +46,8 @@ from kkorthanc.query import (
 from kkorthanc.sandbox import Sandbox
 from kkorthanc.tags import MAIN_DICOM_TAGS, VR_OF, parse_da, parse_tm
 
+from .conftest import Servers
+
 # ---------------------------------------------------------------------------------------------
 # A forest for the local engine
 # ---------------------------------------------------------------------------------------------
@@ -856,3 +858,25 @@ def test_generated_queries_match_the_server(
         remote, local = outcome
         event(f"{level}: {'no match' if not remote else 'all' if len(remote) > 50 else 'some'}")
         assert remote == local, (level, query, cs)
+
+
+def test_requested_tags_are_kept_on_each_result_or_refused(servers: Servers) -> None:
+    client = servers.new(sample=True)
+    wanted = ["StudyDescription", "ModalitiesInStudy", "number_of_study_related_instances"]
+    if not client.supports("RequestedTags"):
+        before = client.request_count
+        with pytest.raises(UnsupportedByServer):
+            client.find("study", requested_tags=wanted)
+        assert client.request_count == before
+        return
+    # through /tools/find (a constraint) and through the level listing (none)
+    for found in (
+        client.find("study", PatientID="KK-*", requested_tags=wanted),
+        client.find("study", requested_tags=wanted),
+    ):
+        assert len(found) == 8
+        for study in found:
+            tags = study.requested_tags
+            assert tags["StudyDescription"] == study.study_description
+            assert tags["NumberOfStudyRelatedInstances"] == "6"  # 2 series of 3
+            assert tags["ModalitiesInStudy"]

@@ -95,8 +95,12 @@ def _listing(
     client: Server, cls: type[R], wanted: list[str], limit: int | None, page_size: int
 ) -> Iterator[R]:
     size = min(page_size, limit) if limit is not None else page_size
-    params = {"requested-tags": ";".join(wanted)} if wanted else None
-    for page in client.iter_pages(f"/{cls.collection}", page_size=size, params=params):
+    path = f"/{cls.collection}"
+    if wanted:
+        # the name this version reads, and a literal ";": 1.12.3 splits the raw value on
+        # ";" before decoding it, so an encoded separator is one unknown tag to it
+        path += f"?{client.requested_tags_parameter}={';'.join(wanted)}"
+    for page in client.iter_pages(path, page_size=size):
         for item in page:
             yield cls.from_orthanc(item, client)
 
