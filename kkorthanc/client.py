@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .metadata import all_labels
-from .models import Instance, Patient, Resource, Series, Study, level_class
+from .models import (
+    Instance,
+    InstanceLevel,
+    Patient,
+    PatientLevel,
+    Resource,
+    Series,
+    SeriesLevel,
+    Study,
+    StudyLevel,
+    level_class,
+)
 from .server import (
     DEFAULT_TIMEOUT,
     FEATURES,
@@ -182,6 +193,57 @@ class Orthanc(Server):
 
     # -- entry points to other modules -------------------------------------------------------------
 
+    @overload
+    def find(
+        self,
+        level: PatientLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Patient]: ...
+    @overload
+    def find(
+        self,
+        level: StudyLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Study]: ...
+    @overload
+    def find(
+        self,
+        level: SeriesLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Series]: ...
+    @overload
+    def find(
+        self,
+        level: InstanceLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Instance]: ...
+    @overload
+    def find(
+        self,
+        level: type[R],
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[R]: ...
+    @overload
     def find(
         self,
         level: str,
@@ -190,12 +252,26 @@ class Orthanc(Server):
         limit: int | None = None,
         case_sensitive: bool = False,
         **tags: Any,
+    ) -> list[Resource]: ...
+    def find(
+        self,
+        level: str | type[Resource],
+        query: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        **tags: Any,
     ) -> list[Any]:
-        """Resources matching DICOM tags (``POST /tools/find``); see :mod:`kkorthanc.query`."""
+        """Resources matching DICOM tags (``POST /tools/find``); see :mod:`kkorthanc.query`.
+
+        ``level`` is a level name (``"study"``, ``"Study"``, ``"studies"``) or a model class;
+        the result is typed by it: ``find("study", ...)`` is a ``list[Study]``.
+        """
         from . import query as _query
 
+        name = level if isinstance(level, str) else level.level
         return _query.server_find(
-            self, level, query, limit=limit, case_sensitive=case_sensitive, **tags
+            self, name, query, limit=limit, case_sensitive=case_sensitive, **tags
         )
 
     def upload(

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from .server import Server
 
 Level = Literal["Patient", "Study", "Series", "Instance"]
+#: every spelling of a level that a typed ``find`` turns into that level's model
+PatientLevel = Literal["patient", "Patient", "patients", "Patients"]
+StudyLevel = Literal["study", "Study", "studies", "Studies"]
+SeriesLevel = Literal["series", "Series"]
+InstanceLevel = Literal["instance", "Instance", "instances", "Instances"]
 T = TypeVar("T")
 R = TypeVar("R", bound="Resource")
 
@@ -671,11 +676,15 @@ __all__ = [
     "PN",
     "TM",
     "Instance",
+    "InstanceLevel",
     "Level",
     "Patient",
+    "PatientLevel",
     "Resource",
     "Series",
+    "SeriesLevel",
     "Study",
+    "StudyLevel",
     "Text",
     "level_class",
     "orthanc_id",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import subprocess
 import sys
 import threading
@@ -250,3 +251,27 @@ def test_types_reach_the_ide() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wrong_code_is_a_type_error() -> None:
+    """mypy --strict rejects each marked line of the wrong-code example, and only those:
+    a misspelt field, a field of another level, a result of the wrong level, a wrong value
+    type, and a field of another level reached through a relation."""
+    example = ROOT / "tests" / "typing_errors.py"
+    lines = example.read_text().splitlines()
+    expected = {
+        (number, line.rsplit("# error: ", 1)[1].strip())
+        for number, line in enumerate(lines, start=1)
+        if "# error: " in line
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", str(example)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    found = {
+        (int(match[1]), match[2])
+        for match in re.finditer(r"typing_errors\.py:(\d+): error: .*\[([a-z-]+)\]", result.stdout)
+    }
+    assert len(expected) == 5 and found == expected, result.stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 
-from kkorthanc import Instance, Orthanc, Patient, PersonName, Series, Study
+from kkorthanc import Instance, Orthanc, Patient, PatientForest, PersonName, Series, Study
 
 
 def summary(client: Orthanc) -> list[str]:
@@ -35,3 +35,19 @@ def summary(client: Orthanc) -> list[str]:
     many: list[Series] = client.series()
     lines.append(f"{single} {len(many)}")
     return lines
+
+
+def typed_finds(client: Orthanc, forest: PatientForest) -> list[object]:
+    """``find`` results are typed by the level, in every accepted spelling, and so are
+    their relations."""
+    studies: list[Study] = client.find("study", PatientName="DOE*")
+    dates: list[datetime.date | None] = [s.study_date for s in studies]
+    same: list[Study] = client.find("Study") + client.find("studies") + client.find(Study)
+    series: list[Series] = forest.find("series", modality="CT")
+    modalities = [s.modality for s in series]
+    parents: list[Study] = [s.study for s in series]
+    instances: list[Instance] = forest.find("instances")
+    patients: list[Patient] = forest.find("Patients")
+    births = [p.patient_birth_date for p in patients]
+    first_of_study: tuple[Series, ...] = client.find("study")[0].series
+    return [dates, same, modalities, parents, instances, births, first_of_study]

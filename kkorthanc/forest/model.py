@@ -5,10 +5,22 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, overload
 
 from ..errors import AmbiguousIdentifier, NotInForest
-from ..models import LEVELS, Instance, Patient, Resource, Series, Study, level_class
+from ..models import (
+    LEVELS,
+    Instance,
+    InstanceLevel,
+    Patient,
+    PatientLevel,
+    Resource,
+    Series,
+    SeriesLevel,
+    Study,
+    StudyLevel,
+    level_class,
+)
 from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _load
 from .reports import ForestCounts, UpdateReport
 from .state import LevelView, _count, _State
@@ -18,6 +30,8 @@ if TYPE_CHECKING:
     import pandas
 
     from ..server import Server
+
+R = TypeVar("R", bound=Resource)
 
 
 class PatientForest:
@@ -204,6 +218,52 @@ class PatientForest:
 
     # -- views delegated to other modules -----------------------------------------------------
 
+    @overload
+    def find(
+        self,
+        level: PatientLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Patient]: ...
+    @overload
+    def find(
+        self,
+        level: StudyLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Study]: ...
+    @overload
+    def find(
+        self,
+        level: SeriesLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Series]: ...
+    @overload
+    def find(
+        self,
+        level: InstanceLevel,
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Instance]: ...
+    @overload
+    def find(
+        self,
+        level: type[R],
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[R]: ...
+    @overload
     def find(
         self,
         level: str,
@@ -211,15 +271,26 @@ class PatientForest:
         *,
         case_sensitive: bool = False,
         **tags: Any,
-    ) -> list[Resource]:
+    ) -> list[Resource]: ...
+    def find(
+        self,
+        level: str | type[Resource],
+        query: dict[str, Any] | None = None,
+        *,
+        case_sensitive: bool = False,
+        **tags: Any,
+    ) -> list[Any]:
         """Resources of ``level`` matching DICOM tags, matched in memory: no request.
 
         The same matching rules as ``/tools/find``; see :func:`kkorthanc.query.local_find`.
+        ``level`` is a level name or a model class, and types the result as in
+        :meth:`kkorthanc.Orthanc.find`.
         """
         from .. import query as _query
 
-        found: list[Resource] = _query.local_find(
-            self, level, query, case_sensitive=case_sensitive, **tags
+        name = level if isinstance(level, str) else level.level
+        found: list[Any] = _query.local_find(
+            self, name, query, case_sensitive=case_sensitive, **tags
         )
         return found
 
