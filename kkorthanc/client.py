@@ -23,6 +23,7 @@ from .models import (
     SeriesLevel,
     Study,
     StudyLevel,
+    group,
     level_class,
 )
 from .server import (
@@ -135,12 +136,14 @@ class Orthanc(Server):
             yield by_path[path], page
 
     def patients(self, *, page_size: int = 1000) -> list[Patient]:
-        """All patients, expanded: one request per page of ``page_size``."""
-        return list(self.iter_resources(Patient, page_size=page_size))
+        """All patients, expanded: one request per page of ``page_size``. Walking their
+        relations loads each level for all of them at once (see :meth:`find`)."""
+        return _grouped(list(self.iter_resources(Patient, page_size=page_size)))
 
     def studies(self, *, page_size: int = 1000) -> list[Study]:
-        """All studies, expanded: one request per page of ``page_size``."""
-        return list(self.iter_resources(Study, page_size=page_size))
+        """All studies, expanded: one request per page of ``page_size``; relations load
+        for all of them at once."""
+        return _grouped(list(self.iter_resources(Study, page_size=page_size)))
 
     @overload
     def series(self, id: str) -> Series: ...
@@ -151,11 +154,12 @@ class Orthanc(Server):
         (``GET /series/{id}``)."""
         if id is not None:
             return self._get_resource(Series, id)
-        return list(self.iter_resources(Series, page_size=page_size))
+        return _grouped(list(self.iter_resources(Series, page_size=page_size)))
 
     def instances(self, *, page_size: int = 1000) -> list[Instance]:
-        """All instances, expanded: one request per page of ``page_size``."""
-        return list(self.iter_resources(Instance, page_size=page_size))
+        """All instances, expanded: one request per page of ``page_size``; relations load
+        for all of them at once."""
+        return _grouped(list(self.iter_resources(Instance, page_size=page_size)))
 
     def patient(self, id: str) -> Patient:
         """One patient by Orthanc ID (``GET /patients/{id}``)."""
@@ -266,12 +270,19 @@ class Orthanc(Server):
 
         ``level`` is a level name (``"study"``, ``"Study"``, ``"studies"``) or a model class;
         the result is typed by it: ``find("study", ...)`` is a ``list[Study]``.
+
+        The results are loaded together: when one of them loads a relation (``.series``,
+        ``.patient``), all of them do, with ``POST /tools/bulk-content`` (one request per
+        1,000), so a find and a walk down to instances costs a request per level, not
+        one per resource.
         """
         from . import query as _query
 
         name = level if isinstance(level, str) else level.level
-        return _query.server_find(
-            self, name, query, limit=limit, case_sensitive=case_sensitive, **tags
+        return _grouped(
+            _query.server_find(
+                self, name, query, limit=limit, case_sensitive=case_sensitive, **tags
+            )
         )
 
     def upload(
@@ -346,12 +357,21 @@ class Orthanc(Server):
         ``ids``. With ``level``, each ID is replaced by its ancestors or descendants of that
         level (an instance ID and ``level="patient"`` give its patient).
         """
-        return [
+        return _grouped([
             level_class(str(item.get("Type"))).from_orthanc(item, self)
             for item in self.bulk_json(
                 ids, level=level_class(level).level if level else None, chunk_size=chunk_size
             )
-        ]
+        ])
+
+
+_L = TypeVar("_L", bound=list[Any])
+
+
+def _grouped(resources: _L) -> _L:
+    """``resources``, made siblings that load their relations together (see :func:`group`)."""
+    group(resources)
+    return resources
 
 
 __all__ = [

@@ -107,6 +107,9 @@ class Resource(ServerObject):
 
     _children: tuple[Resource, ...] | None = PrivateAttr(default=None)
     _parent: Resource | None = PrivateAttr(default=None)
+    #: the result set this resource came in (a find, a listing, the children of one batch):
+    #: a relation loaded for one of them is loaded for all, in the same requests
+    _siblings: tuple[Resource, ...] | None = PrivateAttr(default=None)
 
     @classmethod
     def from_orthanc(cls: type[R], data: dict[str, Any], client: Server | None = None) -> R:
@@ -210,13 +213,46 @@ class Resource(ServerObject):
         children = self._children
         if children is not None:
             return children
+        siblings = self._siblings
+        if siblings is not None:
+            with _stripe(str(id(siblings)), relation):
+                if self._children is None:
+                    self._load_siblings_children(siblings)
+            if self._children is not None:
+                return self._children
         with _stripe(self.id, relation):
             if self._children is None:
                 loaded = tuple(fetch())
                 for child in loaded:
                     child._parent = self
+                group(loaded)
                 self._children = loaded
             return self._children
+
+    def _load_siblings_children(self, siblings: Sequence[Resource]) -> None:
+        """The children of every sibling still without them, in one request per 1,000
+        parents: ``POST /tools/bulk-content`` with the children's level."""
+        child_class = self.child_class()
+        waiting = [s for s in siblings if s._children is None and type(s) is type(self)]
+        if child_class is None or not waiting:
+            return
+        server = self.client
+        data = server.bulk_json([s.id for s in waiting], level=child_class.level)
+        by_parent: dict[str, list[Resource]] = {}
+        parent_key = child_class.parent_key or ""
+        for item in data:
+            child = child_class.from_orthanc(item, server)
+            by_parent.setdefault(str(item.get(parent_key)), []).append(child)
+        everyone: list[Resource] = []
+        for sibling in waiting:
+            found = by_parent.get(sibling.id, [])
+            order = {child_id: n for n, child_id in enumerate(sibling.child_ids)}
+            found.sort(key=lambda child: (order.get(child.id, len(order)), child.id))
+            for child in found:
+                child._parent = sibling
+            sibling._children = tuple(found)
+            everyone.extend(found)
+        group(everyone)
 
     def _load_parent(self, parent_id: str | None, cls: type[R]) -> R:
         parent = self._parent
@@ -224,10 +260,33 @@ class Resource(ServerObject):
             return parent  # type: ignore[return-value]
         if parent_id is None:
             raise RuntimeError(f"{self.level} {self.id} has no parent")
+        siblings = self._siblings
+        if siblings is not None:
+            with _stripe(str(id(siblings)), "parent"):
+                if self._parent is None:
+                    self._load_siblings_parents(siblings, cls)
         with _stripe(self.id, "parent"):
             if self._parent is None:
                 self._parent = cls.fetch(self.client, parent_id)
             return self._parent  # type: ignore[return-value]
+
+    def _load_siblings_parents(self, siblings: Sequence[Resource], cls: type[Resource]) -> None:
+        """The parents of every sibling still without one, in one request per 1,000:
+        ``POST /tools/bulk-content``; siblings that share a parent share its model."""
+        waiting = [s for s in siblings if s._parent is None and type(s) is type(self)]
+        ids = {s.parent_id for s in waiting if s.parent_id is not None}
+        if not ids:
+            return
+        server = self.client
+        parents = {
+            parent.id: parent
+            for parent in (cls.from_orthanc(item, server) for item in server.bulk_json(ids))
+        }
+        for sibling in waiting:
+            found = parents.get(sibling.parent_id or "")
+            if found is not None:
+                sibling._parent = found
+        group(list(parents.values()))
 
     def _link(self, parent: Resource | None, children: Sequence[Resource] | None) -> None:
         """Attach already loaded relations (used by the forest; costs nothing)."""
@@ -647,6 +706,16 @@ class Instance(Resource):
         return f"<Instance #{number} {self.sop_instance_uid or self.id}>"
 
 
+def group(resources: Sequence[Resource]) -> None:
+    """Make ``resources`` (a find's result, a listing) siblings: when one of them loads a
+    relation, all of them load it, in a few bulk requests instead of one each."""
+    if len(resources) < 2:
+        return
+    batch = tuple(resources)
+    for resource in batch:
+        resource._siblings = batch
+
+
 #: the four levels, top down
 LEVELS: tuple[type[Resource], ...] = (Patient, Study, Series, Instance)
 LEVEL_CLASSES: dict[str, type[Resource]] = {cls.level.lower(): cls for cls in LEVELS}
@@ -686,6 +755,7 @@ __all__ = [
     "Study",
     "StudyLevel",
     "Text",
+    "group",
     "level_class",
     "orthanc_id",
 ]

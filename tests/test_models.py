@@ -29,7 +29,7 @@ def walk(patients: list[Patient]) -> int:
     return seen
 
 
-def test_walk_costs_one_request_per_parent_and_nothing_the_second_time(client: Orthanc) -> None:
+def test_walk_costs_one_request_per_level_and_nothing_the_second_time(client: Orthanc) -> None:
     start = client.request_count
     patients = client.patients()
     assert client.request_count - start == 1
@@ -38,8 +38,9 @@ def test_walk_costs_one_request_per_parent_and_nothing_the_second_time(client: O
 
     start = client.request_count
     assert walk(patients) == spec.total_instances
-    parents = spec.patients + spec.total_studies + spec.total_series
-    assert client.request_count - start == parents
+    # studies, series, instances: one bulk request per level for all siblings, not
+    # patients + studies + series = 28 requests, one per parent
+    assert client.request_count - start == 3
 
     start = client.request_count
     assert walk(patients) == spec.total_instances
@@ -52,6 +53,32 @@ def test_walk_costs_one_request_per_parent_and_nothing_the_second_time(client: O
                     assert instance.series is series
                     assert instance.patient is patient
     assert client.request_count == start
+
+
+def test_a_lone_resource_walks_one_request_per_parent(client: Orthanc) -> None:
+    study = client.study(client.studies()[0].id)  # fetched alone: no siblings
+    start = client.request_count
+    series = study.series
+    assert client.request_count - start == 1
+    assert sum(len(s.instances) for s in series) == 6  # siblings now: one request
+    assert client.request_count - start == 2
+    assert study.patient.patient_id and client.request_count - start == 3
+
+
+def test_a_find_and_a_walk_cost_a_request_per_level(client: Orthanc) -> None:
+    start = client.request_count
+    studies = client.find("study", PatientID="KK-*")
+    assert len(studies) == 8 and client.request_count - start == 1
+    assert sum(len(study.series) for study in studies) == 16
+    assert client.request_count - start == 2
+    assert sum(len(series.instances) for study in studies for series in study.series) == 48
+    assert client.request_count - start == 3
+    assert len({study.patient.id for study in studies}) == 4  # patients, shared: one request
+    assert client.request_count - start == 4
+    instances = client.find("instance", PatientID="KK-*")
+    start = client.request_count
+    assert {i.patient.id for i in instances} == {s.patient.id for s in studies}
+    assert client.request_count - start == 3  # series, studies, patients
 
 
 def test_plain_fields_never_touch_the_network(client: Orthanc) -> None:

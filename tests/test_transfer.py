@@ -490,8 +490,9 @@ def test_export_lists_patients_ahead_of_the_downloads(
     spec = synthetic.SAMPLE
     per_patient = spec.studies_per_patient * spec.series_per_study * spec.instances_per_series
     assert report.counts == {"written": 2 * per_patient, "skipped": 0, "failed": 0}
-    # per patient its studies; per study its series and its instances; then the files
-    listings = 2 * (1 + 2 * spec.studies_per_patient)
+    # the studies of the listed patients (siblings: one bulk request), their series (one
+    # more), per study its instances; then the files
+    listings = 1 + 1 + 2 * spec.studies_per_patient
     assert client.request_count - start == report.requests == listings + 2 * per_patient
     for patient in patients:
         assert len(list((tmp_path / str(patient.patient_id)).rglob("*.dcm"))) == per_patient
