@@ -22,10 +22,12 @@ from .errors import (
     JobFailed,
     JobTimeout,
     NoResultingResource,
+    NotFound,
     OrthancError,
     ValidationFailed,
 )
 from .models import LEVELS, Instance, Resource, level_class
+from .server import path_segment
 from .values import OrthancTime
 
 if TYPE_CHECKING:
@@ -36,6 +38,10 @@ R = TypeVar("R", bound=Resource)
 JobState = Literal["Pending", "Running", "Success", "Failure", "Paused", "Retry"]
 #: states a job never leaves by itself
 FINAL_STATES: frozenset[str] = frozenset({"Success", "Failure"})
+
+#: how many more times a job poll answered 404 is sent, for the case of a balancer in front of
+#: several Orthanc processes of which only one knows the job
+NODE_RETRIES = 3
 
 #: how :meth:`Job.wait` sleeps between polls (replaceable, e.g. when replaying recordings)
 _sleep = time.sleep
@@ -112,9 +118,15 @@ class Job(ServerObject):
     def refresh(self) -> Job:
         """Fetch the job's current state (``GET /jobs/{id}``), one request.
 
-        Updates this object in place and returns it.
+        Updates this object in place and returns it. Behind a load balancer, a job lives in
+        the one Orthanc process that created it and the other nodes answer 404: a 404 is
+        asked again, up to :data:`NODE_RETRIES` more times (each may reach another node),
+        before it is taken to mean the job is gone (see ``docs/cluster.md``).
+
+        Raises:
+            NotFound: no node knows the job.
         """
-        fresh = Job.from_orthanc(self.client.get_json(self.path), self._client)
+        fresh = Job.from_orthanc(_job_json(self.client, self.path), self._client)
         for name in type(self).model_fields:
             object.__setattr__(self, name, getattr(fresh, name))
         if fresh.__pydantic_extra__ is not None:
@@ -239,16 +251,30 @@ def get_job(client: Server, id: str) -> Job:
 
     Raises:
         NotFound: the server knows no such job (it may have been forgotten: Orthanc keeps
-            a bounded history, and jobs are per server process).
+            a bounded history, and jobs are per server process; see :meth:`Job.refresh`).
+        InvalidRequest: ``id`` cannot be a job ID (it would change the request's path).
     """
-    return Job.from_orthanc(client.get_json(f"/jobs/{id}"), client)
+    return Job.from_orthanc(client.get_json(f"/jobs/{path_segment(id, 'job ID')}"), client)
+
+
+def _job_json(client: Server, path: str) -> Any:
+    """``GET /jobs/{id}`` of a job known to exist (just submitted, or seen before), asked
+    again when a node that does not know it answers 404 (see :meth:`Job.refresh`)."""
+    for attempt in range(NODE_RETRIES + 1):
+        try:
+            return client.get_json(path)
+        except NotFound:
+            if attempt == NODE_RETRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def submitted_job(client: Server, answer: Any) -> Job:
     """The job named by a submission answer (``{ID, Path}``), fetched: one request."""
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         raise ValidationFailed(f"the server did not answer with a job: {answer!r}")
-    return get_job(client, answer["ID"])
+    path = f"/jobs/{path_segment(answer['ID'], 'job ID')}"
+    return Job.from_orthanc(_job_json(client, path), client)
 
 
 # -- delete, anonymize, modify -------------------------------------------------------------------

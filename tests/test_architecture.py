@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("modalities", "transfer", "forest"),
     ("client",),
     ("__init__", "sandbox", "postgres"),
+    ("cluster",),
     ("cli",),
 )
 
