@@ -321,6 +321,45 @@ class Orthanc(Server):
         """
         return all_labels(self)
 
+    def delete_many(self, resources: Iterable[Resource | str]) -> None:
+        """Delete many resources of any levels (``POST /tools/bulk-delete``), one request."""
+        from . import jobs as _jobs
+
+        _jobs.delete_many(self, resources)
+
+    def modify_many(
+        self,
+        resources: Iterable[Resource | str],
+        *,
+        as_job: bool = False,
+        level: str | None = None,
+        **options: Any,
+    ) -> list[Resource] | Job:
+        """Modify many resources in one call (``POST /tools/bulk-modify``): the new resources
+        (two requests), or the job with ``as_job=True``; options as :meth:`Resource.modify`."""
+        from . import jobs as _jobs
+
+        return _jobs.transform_many(
+            self, "modify", resources, as_job=as_job, level=level, **options
+        )
+
+    def anonymize_many(
+        self,
+        resources: Iterable[Resource | str],
+        *,
+        as_job: bool = False,
+        level: str | None = None,
+        **options: Any,
+    ) -> list[Resource] | Job:
+        """Anonymize many resources in one call (``POST /tools/bulk-anonymize``): the new
+        resources (two requests), or the job with ``as_job=True``; options as
+        :meth:`Resource.anonymize`."""
+        from . import jobs as _jobs
+
+        return _jobs.transform_many(
+            self, "anonymize", resources, as_job=as_job, level=level, **options
+        )
+
     def jobs(self) -> list[Job]:
         """All jobs the server knows (``GET /jobs?expand``), one request."""
         from . import jobs as _jobs

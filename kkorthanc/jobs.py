@@ -300,13 +300,21 @@ _COMMON_OPTIONS: dict[str, str] = {
     "transcode": "Transcode",
     "priority": "Priority",
 }
-_MODIFY_OPTIONS: dict[str, str] = {**_COMMON_OPTIONS, "remove_private_tags": "RemovePrivateTags"}
+_MODIFY_OPTIONS: dict[str, str] = {
+    **_COMMON_OPTIONS,
+    "remove_private_tags": "RemovePrivateTags",
+    "keep_labels": "KeepLabels",
+}
+#: options that newer servers have: the feature (see ``kkorthanc.server.FEATURES``) each needs
+_GATED_OPTIONS: dict[str, str] = {"keep_labels": "KeepLabels"}
 _ANONYMIZE_OPTIONS: dict[str, str] = {
     **_COMMON_OPTIONS,
     "dicom_version": "DicomVersion",
     "keep_private_tags": "KeepPrivateTags",
 }
-_BOOL_OPTIONS = frozenset({"force", "keep_source", "remove_private_tags", "keep_private_tags"})
+_BOOL_OPTIONS = frozenset(
+    {"force", "keep_source", "remove_private_tags", "keep_private_tags", "keep_labels"}
+)
 _STR_OPTIONS = frozenset({"private_creator", "transcode", "dicom_version"})
 
 
@@ -384,6 +392,8 @@ def modify(resource: R, *, as_job: bool = False, **options: Any) -> R | Job:
         force: allow changing or keeping identifiers.
         keep_source: keep the original (Orthanc's default); ``False`` deletes it.
         remove_private_tags: remove all private tags.
+        keep_labels: give the copy the labels of the original (Orthanc 1.12.3+; refused
+            with :class:`~kkorthanc.errors.UnsupportedByServer` before sending elsewhere).
         private_creator: private creator for private tags in ``replace``.
         transcode: transfer syntax UID to transcode the copy to.
         priority: job priority (with ``as_job``).
@@ -409,8 +419,8 @@ def _transform(
     as_job: bool,
     options: Mapping[str, Any],
 ) -> R | Job:
-    body = _operation_body(operation, allowed, options)
     server = resource.client
+    body = _operation_body(operation, allowed, options, server)
     path = f"{resource.path}/{operation}"
     if isinstance(resource, Instance):
         if as_job:
@@ -491,9 +501,80 @@ def _transform_instance(instance: Instance, path: str, body: dict[str, Any]) -> 
     return Instance.fetch(server, str(stored["ID"]))
 
 
+# -- many resources at once ----------------------------------------------------------------------
+
+
+def delete_many(server: Server, resources: Iterable[Resource | str]) -> None:
+    """Delete many resources of any levels in one request (``POST /tools/bulk-delete``).
+
+    Raises:
+        InvalidRequest: something in ``resources`` is neither a resource nor an Orthanc ID.
+    """
+    server.post_json("/tools/bulk-delete", {"Resources": _ids("delete_many", resources)})
+
+
+def transform_many(
+    server: Server,
+    operation: Literal["modify", "anonymize"],
+    resources: Iterable[Resource | str],
+    *,
+    as_job: bool = False,
+    level: str | None = None,
+    **options: Any,
+) -> list[Resource] | Job:
+    """Modify or anonymize many resources in one call (``POST /tools/bulk-modify`` or
+    ``/tools/bulk-anonymize``); the options are those of :func:`modify` / :func:`anonymize`.
+
+    Returns the new resources (the answer names them; they are fetched with
+    ``/tools/bulk-content``: two requests in all), or the :class:`Job` with ``as_job=True``.
+    ``level`` is the level of the modification (Orthanc infers it from the identifiers that
+    change when it is left out).
+    """
+    allowed = _MODIFY_OPTIONS if operation == "modify" else _ANONYMIZE_OPTIONS
+    body = _operation_body(f"{operation}_many", allowed, options, server)
+    body["Resources"] = _ids(f"{operation}_many", resources)
+    if level is not None:
+        body["Level"] = level_class(level).level
+    path = f"/tools/bulk-{operation}"
+    if as_job:
+        body["Asynchronous"] = True
+        return submitted_job(server, server.post_json(path, body))
+    answer = server.post_json(path, body)
+    created = answer.get("Resources") if isinstance(answer, dict) else None
+    if not isinstance(created, list):
+        raise ValidationFailed(f"POST {path}: no resources in the answer {answer!r}")
+    ids = [str(item["ID"]) for item in created if isinstance(item, dict) and "ID" in item]
+    found = [
+        level_class(str(item.get("Type"))).from_orthanc(item, server)
+        for item in server.bulk_json(ids)
+    ]
+    return found
+
+
+def _ids(operation: str, resources: Iterable[Resource | str]) -> list[str]:
+    if isinstance(resources, (str, Resource)):
+        resources = [resources]
+    ids: list[str] = []
+    for item in resources:
+        if isinstance(item, Resource):
+            ids.append(item.id)
+        elif isinstance(item, str):
+            ids.append(path_segment(item, "Orthanc ID"))
+        else:
+            raise InvalidRequest(f"{operation}(): not a resource or an Orthanc ID: {item!r}")
+    if not ids:
+        raise InvalidRequest(f"{operation}(): no resources given")
+    return sorted(set(ids))
+
+
 def _operation_body(
-    operation: str, allowed: Mapping[str, str], options: Mapping[str, Any]
+    operation: str,
+    allowed: Mapping[str, str],
+    options: Mapping[str, Any],
+    server: Server | None = None,
 ) -> dict[str, Any]:
+    """The JSON body of a modification or anonymization; ``server`` checks the options
+    that only newer servers have."""
     body: dict[str, Any] = {}
     for name, value in options.items():
         if name not in allowed:
@@ -501,6 +582,8 @@ def _operation_body(
             raise InvalidRequest(f"{operation}() got an unknown option {name!r}; known: {known}")
         if value is None:
             continue
+        if name in _GATED_OPTIONS and server is not None:
+            server.require(_GATED_OPTIONS[name])
         if name in _BOOL_OPTIONS and not isinstance(value, bool):
             raise InvalidRequest(f"{operation}(): {name} must be True or False, not {value!r}")
         if name in _STR_OPTIONS and not isinstance(value, str):

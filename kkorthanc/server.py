@@ -115,6 +115,7 @@ _LABELS = Requirement(
 #: against ``/system`` before anything is sent.
 FEATURES: dict[str, Requirement] = {
     "RequestedTags": Requirement(17, "1.11.0"),
+    "KeepLabels": Requirement(23, "1.12.3"),
     "Labels": _LABELS,
     "LabelsConstraint": _LABELS,
     "OrderBy": _EXTENDED_FIND,

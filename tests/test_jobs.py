@@ -21,6 +21,7 @@ from kkorthanc import (
     NotFound,
     Orthanc,
     Study,
+    UnsupportedByServer,
 )
 from kkorthanc.errors import InvalidRequest
 from kkorthanc.jobs import (
@@ -379,3 +380,50 @@ def test_options_follow_the_one_keyword_rule_and_value_conversion() -> None:
     ]:
         with pytest.raises(InvalidRequest, match="^modify\\(\\): .*" + re.escape(message)):
             _operation_body("modify", _MODIFY_OPTIONS, options)
+
+
+def test_many_resources_modified_anonymized_and_deleted_in_one_call(servers: Servers) -> None:
+    server = servers.new(sample=True)
+    studies = server.studies()[:2]
+    before = server.request_count
+    modified = server.modify_many(studies, replace={"StudyDescription": "BULK"}, level="study")
+    assert server.request_count - before == 2  # the bulk call, then the new ones in bulk
+    assert isinstance(modified, list)
+    new_studies = [r for r in modified if isinstance(r, Study)]
+    assert len(new_studies) == 2
+    assert all(s.study_description == "BULK" for s in new_studies)
+    assert {s.id for s in new_studies}.isdisjoint({s.id for s in studies})
+
+    job = server.anonymize_many(new_studies, as_job=True, level="study")
+    assert isinstance(job, Job)
+    job.wait(timeout=60)
+    assert job.succeeded
+
+    count = server.statistics()["CountStudies"]
+    before = server.request_count
+    server.delete_many([*studies, new_studies[0].id])
+    assert server.request_count - before == 1
+    assert server.statistics()["CountStudies"] == count - 3
+    with pytest.raises(InvalidRequest, match="not a resource or an Orthanc ID"):
+        server.delete_many([42])  # type: ignore[list-item]
+    with pytest.raises(InvalidRequest, match="no resources"):
+        server.delete_many([])
+
+
+def test_keep_labels_is_refused_before_sending_where_the_server_lacks_it(
+    servers: Servers,
+) -> None:
+    server = servers.new(sample=True)
+    study = server.studies()[0]
+    if not server.supports("KeepLabels"):
+        before = server.request_count
+        with pytest.raises(UnsupportedByServer, match=r"1\.12\.3"):
+            study.modify(replace={"StudyDescription": "X"}, keep_labels=True)
+        assert server.request_count == before
+        return
+    if server.supports("Labels"):
+        study.add_label("kk-kept")
+        copy = study.modify(replace={"StudyDescription": "X"}, keep_labels=True)
+        assert copy.labels == ("kk-kept",)
+        plain = study.modify(replace={"StudyDescription": "Y"})
+        assert plain.labels == ()
