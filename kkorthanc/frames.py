@@ -12,13 +12,18 @@ Columns, in order:
   numbers ``float64``, flags nullable ``boolean``; times stay :class:`datetime.time`, person
   names :class:`~kkorthanc.tags.PersonName` and multi-values tuples (object columns);
 - the child ID lists become counts: ``num_studies``, ``num_series``, ``num_instances``;
+- below the patient level, the patient's name: ``patient_name``;
 - the parents: Orthanc IDs (``parent_patient_id``, ``parent_study_id``, ``parent_series_id``)
   and DICOM identifiers (``patient_id``, ``study_instance_uid``, ``series_instance_uid``).
 
 Building a frame never sends a request. Parents are read from relations already linked (a
-forest links them all) and, for studies, from the patient tags Orthanc repeats on each study.
+forest links them all) and, for studies, from the patient tags Orthanc repeats on each study
+(so a study frame names the patient, PatientID and PatientName, even from a plain ``find``).
 A resource whose parent is not linked gets the parent's Orthanc ID it carries itself and empty
 (``None``) cells for what only the parent knows: build a forest first to fill them.
+
+An empty selection gives an empty frame with the same columns and dtypes as a full one
+(``to_dataframe([], "study")``; a list cannot tell its level when it is empty, so it is given).
 """
 
 from __future__ import annotations
@@ -66,6 +71,23 @@ def _count_column(cls: type[Resource]) -> str | None:
 #: parent columns added after the model's own fields, per level
 _PARENT_COLUMNS: dict[type[Resource], tuple[str, ...]] = {
     cls: _parent_columns(cls) for cls in LEVELS
+}
+
+#: fields of an ancestor that its descendants' frames carry besides its UID: every row below
+#: the patient level names the patient
+_CARRIED: dict[type[Resource], tuple[str, ...]] = {Patient: ("patient_name",)}
+
+
+def _carried_columns(cls: type[Resource]) -> tuple[str, ...]:
+    """The ancestors' carried fields, top down (``patient_name`` below the patient level)."""
+    return tuple(
+        column for ancestor in reversed(_ancestors(cls)) for column in _CARRIED.get(ancestor, ())
+    )
+
+
+#: carried columns, placed between the model's own fields and the parent columns
+_CARRIED_COLUMNS: dict[type[Resource], tuple[str, ...]] = {
+    cls: _carried_columns(cls) for cls in LEVELS
 }
 
 
@@ -117,15 +139,28 @@ def _field_columns(cls: type[Resource]) -> list[tuple[str, str, str]]:
 def column_names(level: str) -> list[str]:
     """The columns :func:`to_dataframe` gives for a level (``"study"``, ``"Series"``, ...)."""
     cls = level_class(level)
-    return [column for column, _, _ in _field_columns(cls)] + list(_PARENT_COLUMNS[cls])
+    return [
+        *(column for column, _, _ in _field_columns(cls)),
+        *_CARRIED_COLUMNS[cls],
+        *_PARENT_COLUMNS[cls],
+    ]
+
+
+def _own_columns(resource: Resource) -> dict[str, Any]:
+    """What a resource gives the rows of its descendants: its UID and carried fields."""
+    values = resource.__dict__
+    columns = {resource.uid_field: values[resource.uid_field]}
+    columns.update((name, values[name]) for name in _CARRIED.get(type(resource), ()))
+    return columns
 
 
 def _parents(resource: Resource, memo: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Parent IDs and UIDs known without a request; ``memo`` shares them between siblings.
+    """Parent IDs, UIDs and carried fields known without a request; ``memo`` shares them
+    between siblings.
 
-    The resource's own parent ID, then for each ancestor linked in memory its UID and its
-    own parent ID, as far up as the links go. A study also knows its PatientID from the
-    patient tags Orthanc repeats on it.
+    The resource's own parent ID, then for each ancestor linked in memory its UID, its
+    carried fields and its own parent ID, as far up as the links go. A study whose patient is
+    not linked reads PatientID and PatientName from the patient tags Orthanc repeats on it.
     """
     cls = type(resource)
     columns: dict[str, Any] = {}
@@ -137,11 +172,17 @@ def _parents(resource: Resource, memo: dict[int, dict[str, Any]]) -> dict[str, A
             key = id(parent)
             above = memo.get(key)
             if above is None:
-                above = memo[key] = {parent.uid_field: parent.uid, **_parents(parent, memo)}
+                above = memo[key] = {**_own_columns(parent), **_parents(parent, memo)}
             columns.update(above)
-    if isinstance(resource, Study) and columns.get(Patient.uid_field) is None:
+    if isinstance(resource, Study) and Patient.uid_field not in columns:
         tags = resource.patient_main_dicom_tags
-        columns[Patient.uid_field] = tags.get(Patient.uid_keyword) or None
+        key = id(tags)
+        known = memo.get(key)
+        if known is None:
+            # parsed as the patient model parses them: the same types as a linked patient's
+            patient = Patient.from_orthanc({"ID": resource.parent_id or "", "MainDicomTags": tags})
+            known = memo[key] = _own_columns(patient)
+        columns.update(known)
     return columns
 
 
@@ -174,7 +215,9 @@ def _resources_of(source: Any, level: str | None) -> tuple[type[Resource], Seque
             raise ValueError(f"resources of several levels ({names}): give one level at a time")
         cls = found.pop() if found else None
         if cls is None:
-            raise ValueError("to_dataframe() of an empty list needs a level")
+            raise ValueError(
+                "to_dataframe() of an empty list needs a level, e.g. to_dataframe(found, 'study')"
+            )
     elif found - {cls}:
         names = ", ".join(sorted(c.level for c in found - {cls}))
         raise ValueError(f"level {cls.level} asked, but the list holds {names} resources")
@@ -203,7 +246,7 @@ def to_dataframe(resources_or_forest: Any, level: str | None = None) -> pd.DataF
     pandas = _import_pandas()
     cls, resources = _resources_of(resources_or_forest, level)
     fields = _field_columns(cls)
-    parent_columns = _PARENT_COLUMNS[cls]
+    parent_columns = (*_CARRIED_COLUMNS[cls], *_PARENT_COLUMNS[cls])
     data: dict[str, list[Any]] = {column: [] for column, _, _ in fields}
     data.update({column: [] for column in parent_columns})
     memo: dict[int, dict[str, Any]] = {}
