@@ -26,7 +26,7 @@ PACKAGE = Path(kkorthanc.__file__).resolve().parent
 #: covers a module and, for a subpackage, everything in it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "tags", "synthetic"),
-    ("values", "_transport"),
+    ("values", "_transport", "_limits"),
     ("server",),
     ("_base", "metadata"),
     ("models",),
@@ -48,9 +48,10 @@ DELEGATIONS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
+#: The transport: the only modules that may import requests or urllib3.
+TRANSPORT = frozenset({"_transport", "_limits"})
 #: The only modules that may import the transport or reach into a ``_transport`` attribute.
-TRANSPORT_USERS = frozenset({"_transport", "server"})
-#: The only module that may import requests or urllib3.
+TRANSPORT_USERS = TRANSPORT | {"server"}
 HTTP_LIBRARIES = frozenset({"requests", "urllib3"})
 MAX_LINES = 900
 
@@ -80,6 +81,7 @@ PUBLIC = [
     "OrthancError",
     "OrthancHTTPError",
     "OrthancTimeout",
+    "PaddedIdentifier",
     "Patient",
     "PatientForest",
     "PersonName",
@@ -269,7 +271,7 @@ def transport_reach_throughs(root: Path) -> list[str]:
         if imp.imported == "_transport" and imp.importer.split(".")[0] not in TRANSPORT_USERS:
             found.append(f"{imp.importer}:{imp.line} imports the transport")
     for name, _, tree in modules(root):
-        if name == "_transport":
+        if name in TRANSPORT:
             continue
         for module, line in third_party_imports(tree):
             if module in HTTP_LIBRARIES:
