@@ -1,8 +1,9 @@
 # %% [markdown]
 # # Walking a patient forest
 #
-# A percent-format notebook: open it in Jupyter (with Jupytext) or VS Code, or run it as a
-# script with `python examples/walk_forest.py`.
+# Two forms of one notebook: `walk_forest.py`, in percent format (open it in Jupyter with
+# Jupytext or in VS Code, or run it as a script with `python examples/walk_forest.py`), and
+# `walk_forest.ipynb`, the same cells plus an export with its progress bar, for Jupyter as is.
 #
 # It talks to the server named by `ORTHANC_URL` (with `ORTHANC_USERNAME` and
 # `ORTHANC_PASSWORD`) when that is set; otherwise it starts a throwaway sandbox Orthanc
@@ -63,12 +64,28 @@ assert client.request_count == loaded, "walking a forest sends no request"
 
 # %% [markdown]
 # ## The tree, as a terminal shows it
-#
-# In a notebook, a cell ending with `forest` shows a collapsible HTML tree instead.
 
 # %%
 forest.print_tree(max_depth=3)
-print(f"(the HTML tree is {len(forest._repr_html_())} characters)")
+
+# %% [markdown]
+# ## The tree, as a notebook shows it
+#
+# A cell ending with the forest shows it as a collapsible tree: patients sorted by PatientID,
+# studies by date, series and instances by number, each with its counts. Values carry their
+# labels (accession, series number, modality...); long UIDs are shortened, the full value
+# shows on hover. Showing it costs no request.
+
+# %%
+forest  # noqa: B018
+
+# %% [markdown]
+# One study, series or instance shows the same way: where it sits, what is below it, and a
+# table of every field it has.
+
+# %%
+study = forest.patients[0].studies[0]
+study  # noqa: B018
 
 # %% [markdown]
 # ## Finding studies: on the server, or in the forest
@@ -100,3 +117,5 @@ print(summary)
 
 studies = forest.to_dataframe("study")
 print(studies.groupby(studies["study_date"].dt.year)["id"].count().rename("studies per year"))
+# each study row names its patient
+print(studies[["study_date", "patient_id", "patient_name", "study_description"]].head())

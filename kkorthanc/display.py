@@ -182,16 +182,38 @@ def _forest_summary(forest: Any) -> str:
     return ", ".join(parts) if parts else "0 patients"
 
 
-def shorten_uid(uid: str, width: int = UID_WIDTH) -> str:
-    """A long UID cut in its middle (``1.2.826.0.1…4.5678.9012``); short ones unchanged.
+def shorten_uid(uid: str, width: int = UID_WIDTH, differ: int | None = None) -> str:
+    """A long UID cut to about ``width`` characters; short ones unchanged.
 
-    The end is kept longer than the start: sibling UIDs share their root and differ at the end.
+    Its start and its end are kept (``1.2.826.…45678.9012``): UIDs share their root and
+    usually differ at the end. ``differ`` is where the UIDs of its siblings start to differ:
+    when the cut would hide that place, the part of the UID from there is kept instead
+    (``1.2.826.…7.1.20240…``), so that siblings never look alike.
     """
     if len(uid) <= width:
         return uid
     head = max(4, width // 3)
     tail = max(4, width - head - 1)
-    return f"{uid[:head]}…{uid[-tail:]}"
+    if differ is None or differ < head or differ >= len(uid) - tail:
+        return f"{uid[:head]}…{uid[-tail:]}"
+    start = uid.rfind(".", 0, differ) + 1  # the component where siblings differ
+    room = max(4, width - head - 2)
+    if start + room >= len(uid):
+        return f"{uid[:head]}…{uid[start:]}"
+    return f"{uid[:head]}…{uid[start : start + room]}…"
+
+
+def _differ(uids: Sequence[str | None]) -> int | None:
+    """Where sibling UIDs start to differ (the length of their common start)."""
+    known = [uid for uid in uids if uid]
+    if len(known) < 2:
+        return None
+    first, last = min(known), max(known)
+    size = min(len(first), len(last))
+    index = 0
+    while index < size and first[index] == last[index]:
+        index += 1
+    return index
 
 
 # -- HTML pieces ---------------------------------------------------------------------------------
@@ -199,7 +221,7 @@ def shorten_uid(uid: str, width: int = UID_WIDTH) -> str:
 _CSS = """
 .kkorthanc-repr{
   --kk-line:var(--jp-border-color2,color-mix(in srgb,currentColor 22%,transparent));
-  --kk-dim:var(--jp-content-font-color2,color-mix(in srgb,currentColor 72%,transparent));
+  --kk-dim:color-mix(in srgb,currentColor 72%,transparent);
   --kk-soft:var(--jp-layout-color2,color-mix(in srgb,currentColor 7%,transparent));
   --kk-accent:var(--jp-brand-color1,#1d64b0);
   font-family:var(--jp-content-font-family,system-ui,-apple-system,"Segoe UI",Roboto,
@@ -211,7 +233,7 @@ _CSS = """
 .kkorthanc-repr div.kk-head{display:flex;flex-wrap:wrap;gap:.25em .8em;align-items:baseline;
   padding:.2em .5em;margin:0 0 .3em;border-bottom:1px solid var(--kk-line);
   background:var(--kk-soft)}
-.kkorthanc-repr div.kk-path{margin:0 0 .25em .2em;color:var(--kk-dim)}
+.kkorthanc-repr div.kk-path{margin:0 0 .25em .2em}
 .kkorthanc-repr ul.kk-t{list-style:none;margin:0;padding:0 0 0 .2em}
 .kkorthanc-repr ul.kk-t ul.kk-t{margin:0 0 0 .45em;padding:0 0 0 .8em;
   border-left:1px solid var(--kk-line)}
@@ -225,13 +247,13 @@ _CSS = """
 .kkorthanc-repr ul.kk-t details[open]>summary::before{content:"\\25BE"}
 .kkorthanc-repr ul.kk-t summary:hover{background:var(--kk-soft)}
 .kkorthanc-repr ul.kk-t summary:focus-visible{outline:1px solid var(--kk-accent)}
-.kkorthanc-repr i{font-style:normal;color:var(--kk-dim);font-size:.9em;margin-right:.25em}
-.kkorthanc-repr span.kk-v{margin-right:.7em}
+.kkorthanc-repr i{font-style:normal;color:var(--kk-dim);font-size:.9em}
+.kkorthanc-repr span.kk-v{margin-right:.35em}
 .kkorthanc-repr span.kk-n,.kkorthanc-repr li.kk-more,.kkorthanc-repr span.kk-dim{
   color:var(--kk-dim)}
-.kkorthanc-repr span.kk-e{font-style:italic;color:var(--kk-dim);margin-right:.7em}
+.kkorthanc-repr span.kk-e{font-style:italic;color:var(--kk-dim);margin-right:.35em}
 .kkorthanc-repr span.kk-m{display:inline-block;border:1px solid var(--kk-accent);
-  border-radius:3px;padding:0 .3em;margin-right:.35em;font-size:.85em;line-height:1.3}
+  border-radius:3px;padding:0 .3em;font-size:.85em;line-height:1.3}
 .kkorthanc-repr code{font-family:var(--jp-code-font-family,ui-monospace,SFMono-Regular,
   Menlo,Consolas,monospace);font-size:.9em;background:transparent;color:inherit;padding:0}
 .kkorthanc-repr details.kk-sec{margin:.4em 0 0}
@@ -258,12 +280,12 @@ def _esc(value: Any) -> str:
 
 def _value(label: str | None, content: str) -> str:
     """One labelled value: ``<i>label</i> content``, ``content`` already HTML."""
-    prefix = f"<i>{label}</i>" if label else ""
+    prefix = f"<i>{label}</i> " if label else ""
     return f'<span class="kk-v">{prefix}{content}</span>'
 
 
-def _uid_html(uid: str) -> str:
-    short = shorten_uid(uid)
+def _uid_html(uid: str, differ: int | None = None) -> str:
+    short = shorten_uid(uid, differ=differ)
     if short == uid:
         return f"<code>{html.escape(uid)}</code>"
     return f'<code title="{html.escape(uid, quote=True)}">{html.escape(short)}</code>'
@@ -288,7 +310,7 @@ def _patient_line(patient: Patient) -> list[str]:
     return parts
 
 
-def _study_line(study: Study) -> list[str]:
+def _study_line(study: Study, differ: int | None) -> list[str]:
     when = _text(study.study_date)
     if when and study.study_time is not None:
         when += " " + study.study_time.strftime("%H:%M")
@@ -304,11 +326,11 @@ def _study_line(study: Study) -> list[str]:
         modalities = sorted({s.modality for s in series if isinstance(s, Series) and s.modality})
         parts.extend(_modality_html(modality) for modality in modalities)
     if not study.study_description and not study.accession_number and study.study_instance_uid:
-        parts.append(_value("UID", _uid_html(study.study_instance_uid)))
+        parts.append(_value("UID", _uid_html(study.study_instance_uid, differ)))
     return parts
 
 
-def _series_line(series: Series) -> list[str]:
+def _series_line(series: Series, differ: int | None) -> list[str]:
     number = _esc(series.series_number) if series.series_number is not None else "?"
     parts = [_value("series", number)]
     if series.modality:
@@ -318,59 +340,63 @@ def _series_line(series: Series) -> list[str]:
     if series.body_part_examined:
         parts.append(_value("body part", _esc(series.body_part_examined)))
     if not series.series_description and series.series_instance_uid:
-        parts.append(_value("UID", _uid_html(series.series_instance_uid)))
+        parts.append(_value("UID", _uid_html(series.series_instance_uid, differ)))
     return parts
 
 
-def _instance_line(instance: Instance) -> list[str]:
+def _instance_line(instance: Instance, differ: int | None) -> list[str]:
     number = _esc(instance.instance_number) if instance.instance_number is not None else "?"
-    parts = [f"<i>instance</i>{number} "]
+    parts = [_value("instance", number)]
     if instance.number_of_frames is not None and instance.number_of_frames > 1:
         parts.append(_value(None, f"{instance.number_of_frames} frames"))
-    parts.append(_uid_html(instance.sop_instance_uid or instance.id))
+    parts.append(_uid_html(instance.sop_instance_uid or instance.id, differ))
     return parts
 
 
-def _line_html(resource: Resource) -> str:
-    """A resource's own values, labelled (no counts)."""
+def _line_html(resource: Resource, differ: int | None = None) -> str:
+    """A resource's own values, labelled (no counts); ``differ`` as in :func:`shorten_uid`."""
     if isinstance(resource, Patient):
         parts = _patient_line(resource)
     elif isinstance(resource, Study):
-        parts = _study_line(resource)
+        parts = _study_line(resource, differ)
     elif isinstance(resource, Series):
-        parts = _series_line(resource)
+        parts = _series_line(resource, differ)
     else:
         assert isinstance(resource, Instance)
-        parts = _instance_line(resource)
-    return "".join(parts)
+        parts = _instance_line(resource, differ)
+    return " ".join(parts)
 
 
 def _counts_html(resource: Resource) -> str:
     counts = _descendant_counts(resource)
     if not counts:
         return ""
-    return f'<span class="kk-n">({html.escape(_counts_text(counts))})</span>'
+    return f' <span class="kk-n">({html.escape(_counts_text(counts))})</span>'
 
 
 def _more_html(hidden: int, cls: type[Resource]) -> str:
     return f'<li class="kk-l kk-more">… {hidden} more {cls.collection}</li>'
 
 
-def _node_html(resource: Resource, out: list[str], *, opened: bool = False) -> None:
+def _node_html(
+    resource: Resource, out: list[str], *, opened: bool = False, differ: int | None = None
+) -> None:
     """One ``<li>``: a ``<details>`` when children are linked, else a plain line."""
     children = _linked_children(resource)
     child_class = resource.child_class()
     if child_class is None or not children:
         # an instance, or nothing linked below: a line with the counts the resource carries
-        out.append(f'<li class="kk-l">{_line_html(resource)}{_counts_html(resource)}</li>')
+        out.append(f'<li class="kk-l">{_line_html(resource, differ)}{_counts_html(resource)}</li>')
         return
     limit = MAX_INSTANCES if child_class is Instance else MAX_CHILDREN
     out.append(
-        f"<li><details{' open' if opened else ''}><summary>{_line_html(resource)}"
+        f"<li><details{' open' if opened else ''}><summary>{_line_html(resource, differ)}"
         f'{_counts_html(resource)}</summary><ul class="kk-t">'
     )
-    for child in children[:limit]:
-        _node_html(child, out)
+    shown = children[:limit]
+    differ = _differ([child.uid for child in shown])
+    for child in shown:
+        _node_html(child, out, differ=differ)
     if len(children) > limit:
         out.append(_more_html(len(children) - limit, child_class))
     out.append("</ul></details></li>")
@@ -441,7 +467,7 @@ def _ancestors_html(resource: Resource) -> str:
         parts.append(_value(label, _uid_html(child.parent_id)))
     if not parts:
         return ""
-    return f'<div class="kk-path"><i>in</i>{" <i>›</i> ".join(reversed(parts))}</div>'
+    return f'<div class="kk-path"><i>in</i> {" <i>›</i> ".join(reversed(parts))}</div>'
 
 
 def resource_html(resource: Resource) -> str:
@@ -494,12 +520,12 @@ def forest_html(forest: Any) -> str:
     patients = _sorted(forest.patients)
     client = getattr(forest, "client", None)
     url = _public_url(str(getattr(client, "url", "") or ""))
-    where = f'<span class="kk-dim">{html.escape(url)}</span>' if url else ""
+    where = f' <span class="kk-dim">{html.escape(url)}</span>' if url else ""
     out = [
         f'<div class="{CSS_CLASS}">',
         _style(),
-        f"<div class=\"kk-head\"><span><b>Patient forest</b></span>{where}"
-        f"<span>{html.escape(_forest_summary(forest))}</span></div>",
+        f'<div class="kk-head"><span><b>Patient forest</b></span>{where}'
+        f" <span>{html.escape(_forest_summary(forest))}</span></div>",
         '<ul class="kk-t">',
     ]
     for patient in patients[:MAX_PATIENTS]:
