@@ -17,7 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kkorthanc import Orthanc, Unauthorized, orthanc_id, synthetic, transfer
+from kkorthanc import (
+    Instance,
+    Orthanc,
+    Series,
+    Study,
+    Unauthorized,
+    orthanc_id,
+    synthetic,
+    transfer,
+)
 from kkorthanc._transport import BinaryChannel
 from kkorthanc.sandbox import free_port
 from kkorthanc.transfer import (
@@ -716,3 +725,328 @@ def test_a_download_cut_in_the_middle_is_fetched_again_or_leaves_nothing(
             with pytest.raises(OrthancConnectionError, match="broke during the download"):
                 instance.save(tmp_path / "two.dcm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.dcm"]  # no partial file
+
+
+# -- a dead server, huge files, links and leftovers (hostile conditions) -----------------------
+
+
+def offline_instances(
+    client: Orthanc, files: list[tuple[str, bytes]] | int
+) -> tuple[Series, list[Instance]]:
+    """A study, a series and its instances, linked in memory: an export needs no listing.
+
+    ``files`` are the DICOM files the instances stand for (their size and SOPInstanceUID),
+    or a count of made-up instances.
+    """
+    entries: list[dict[str, object]] = []
+    if isinstance(files, int):
+        for n in range(files):
+            tags = {"SOPInstanceUID": f"1.2.826.0.1.3680043.10.1.{n}"}
+            entries.append({"ID": f"i{n:05d}", "MainDicomTags": tags, "FileSize": 1000})
+    else:
+        for _, data in files:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            tags = {"SOPInstanceUID": str(ds.SOPInstanceUID)}
+            entry = {"ID": instance_id_of(data), "MainDicomTags": tags, "FileSize": len(data)}
+            entries.append(entry)
+    study = Study.from_orthanc(
+        {
+            "ID": "st",
+            "MainDicomTags": {"StudyInstanceUID": "1.2.3"},
+            "PatientMainDicomTags": {"PatientID": "P"},
+            "ParentPatient": "pa",
+        },
+        client,
+    )
+    series = Series.from_orthanc(
+        {"ID": "se", "MainDicomTags": {"SeriesInstanceUID": "1.2.3.4"}, "ParentStudy": "st"},
+        client,
+    )
+    instances = [Instance.from_orthanc({**e, "ParentSeries": "se"}, client) for e in entries]
+    for instance in instances:
+        instance._link(series, None)
+    series._link(study, instances)
+    study._link(None, [series])
+    return series, instances
+
+
+def test_export_to_a_dead_server_stops_after_consecutive_failures(tmp_path: Path) -> None:
+    count = 400
+    dead = Orthanc(f"http://127.0.0.1:{free_port()}", auth=("kk", "unused"), retries=1)
+    series, instances = offline_instances(dead, count)
+    start = time.monotonic()
+    report = transfer.export(dead, series, tmp_path, workers=4, progress=False)
+    elapsed = time.monotonic() - start
+    # each failure costs two attempts and a pause of 0.2 s: 400 of them took 20 s
+    assert elapsed < 8, elapsed
+    assert [item.instance_id for item in report] == [i.id for i in instances]  # every one
+    assert report.counts == {"written": 0, "skipped": 0, "failed": count}
+    limit = transfer.DEFAULT_MAX_CONSECUTIVE_FAILURES
+    # the breaker trips at the limit; the downloads already under way end too
+    assert dead.request_count <= 2 * (limit + 4)
+    tried = [item for item in report if not (item.error or "").startswith("not sent")]
+    assert limit <= len(tried) < limit + 4
+    assert all("cannot reach" in (item.error or "") for item in tried), tried[0]
+    not_sent = report.items[-1].error or ""
+    assert f"not sent: the server was unreachable ({limit} failures in a row" in not_sent
+    assert "cannot reach" in not_sent  # the last failure is named
+    # nothing was created for the instances that were never sent
+    assert not list(tmp_path.rglob("*.part"))
+    with pytest.raises(ExportFailed, match=f"{count} of {count} items were not written"):
+        report.raise_for_failures()
+
+
+def test_save_never_replaces_a_link_or_a_device(tmp_path: Path) -> None:
+    from kkorthanc import InvalidRequest
+    from kkorthanc.transfer.download import _stream_to_file
+
+    client = nowhere()
+    _, (instance,) = offline_instances(client, 1)
+    kept = tmp_path / "kept.dcm"
+    kept.write_bytes(b"precious")
+    link = tmp_path / "link.dcm"
+    link.symlink_to(kept)
+    null_link = tmp_path / "null.dcm"
+    null_link.symlink_to(os.devnull)
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.dcm").mkdir()
+    for target in (link, null_link, fifo):
+        with pytest.raises(InvalidRequest, match=f"will not replace {target}"):
+            instance.save(target)
+        with pytest.raises(InvalidRequest, match="will not replace"):
+            instance.download_archive(target)
+    with pytest.raises(InvalidRequest, match="not a regular file"):
+        instance.save(fifo)
+    with pytest.raises(InvalidRequest, match="symbolic link"):
+        instance.save(link)
+    assert client.request_count == 0  # refused before anything is sent
+    # a link that appears while the download runs is not replaced either
+    with pytest.raises(InvalidRequest, match="symbolic link"):
+        _stream_to_file(iter([b"DICM"]), link)
+    assert link.is_symlink() and null_link.is_symlink() and kept.read_bytes() == b"precious"
+    assert fifo.is_fifo() and (tmp_path / "folder.dcm").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fifo.dcm",
+        "folder.dcm",
+        "kept.dcm",
+        "link.dcm",
+        "null.dcm",
+    ]  # no temporary file left
+
+
+def test_export_keeps_links_removes_its_leftovers_and_checks_what_it_skips(
+    tmp_path: Path,
+) -> None:
+    files = sample_files(4, seed=41)
+    client = nowhere()
+    series, instances = offline_instances(client, files)
+    layout = "{SOPInstanceUID}.dcm"
+    paths = [tmp_path / f"{i.sop_instance_uid}.dcm" for i in instances]
+    # 0: its own file, as a finished export left it; 1: another instance's file of the
+    # same size under its name; 2: a link; 3: missing, an interrupted download left a part
+    paths[0].write_bytes(files[0][1])
+    uid = str(instances[1].sop_instance_uid)
+    other = uid[:-1] + ("1" if uid[-1] != "1" else "2")
+    impostor = files[1][1].replace(uid.encode(), other.encode())
+    assert len(impostor) == instances[1].file_size and impostor != files[1][1]
+    paths[1].write_bytes(impostor)
+    paths[2].symlink_to(paths[0])
+    stale = tmp_path / f".{paths[3].name}.0a1b2c3d.part"
+    stale.write_bytes(files[3][1][:100])
+    unrelated = [
+        tmp_path / ".other.dcm.0a1b2c3d.part",  # a part of a file this export does not write
+        tmp_path / f".{paths[3].name}.part",  # not a name a download gives
+        tmp_path / f".{paths[3].name}.0A1B2C3D.part",
+        tmp_path / "notes.txt",
+    ]
+    for path in unrelated:
+        path.write_text("keep me")
+    report = transfer.export(client, series, tmp_path, layout=layout, workers=1, progress=False)
+    statuses = [item.status for item in report]
+    assert statuses == ["skipped", "failed", "failed", "failed"]
+    # the same-size file of another instance is not taken for this one: it is requested
+    # (and fails here, the server being gone); the link is refused before any request
+    assert client.request_count == 2
+    assert "cannot reach" in (report.items[1].error or "")
+    assert report.items[2].error == f"will not replace {paths[2]}: it is a symbolic link"
+    assert paths[2].is_symlink() and paths[1].read_bytes() == impostor
+    assert not stale.exists()
+    assert all(path.read_text() == "keep me" for path in unrelated)
+
+
+@pytest.mark.live_only
+def test_export_ends_in_seconds_when_the_server_dies_after_the_listing(
+    servers: Servers, tmp_path: Path
+) -> None:
+    spec = synthetic.SyntheticSpec(2, 1, 2, 40, seed=42)
+    target = servers.new(spec=spec)
+    sandbox = servers.sandbox_of(target)
+    patients = target.patients()
+    listed = [i for p in patients for st in p.studies for se in st.series for i in se.instances]
+    assert len(listed) == spec.total_instances == 160
+    assert sandbox.process is not None
+    sandbox.process.kill()  # the listing is done; the downloads find nobody
+    sandbox.process.wait(timeout=15)
+    before = target.request_count
+    start = time.monotonic()
+    report = target.export(patients, tmp_path, progress=False)  # the client's 3 retries
+    elapsed = time.monotonic() - start
+    # without the breaker: 1.4 s of retries per file, 4 at a time, about 56 s
+    assert elapsed < 20, elapsed
+    assert sorted(item.instance_id for item in report) == sorted(i.id for i in listed)
+    assert report.counts["failed"] == len(listed)
+    limit = transfer.DEFAULT_MAX_CONSECUTIVE_FAILURES
+    assert target.request_count - before <= 4 * (limit + 4)  # 4 attempts per file tried
+    reasons = [item.error or "" for item in report]
+    not_sent = [r for r in reasons if r.startswith("not sent: the server was unreachable")]
+    assert all("cannot reach" in r for r in reasons if r not in not_sent)
+    assert len(not_sent) >= len(listed) - limit - 4
+    assert not list(tmp_path.rglob("*.part"))
+
+
+class RefusingServer:
+    """A loopback HTTP server that reads each request whole, without keeping it, and
+    refuses it as Orthanc refuses a file it cannot parse (400, "Bad file format")."""
+
+    BODY = (
+        b'{"HttpError": "Bad Request", "HttpStatus": 400, "Message": "Bad file format", '
+        b'"Method": "POST", "OrthancError": "Bad file format", "OrthancStatus": 15, '
+        b'"Uri": "/instances", "Details": "Cannot parse an invalid DICOM file"}'
+    )
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.received: list[int] = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        buffer = bytearray(1 << 20)
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                left = length - len(rest)
+                while left > 0:
+                    got = conn.recv_into(buffer, min(left, len(buffer)))
+                    if not got:
+                        return
+                    left -= got
+                self.received.append(length)
+                conn.sendall(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY
+                )
+                data = b""
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def test_two_gigabyte_files_are_prechecked_from_their_head(tmp_path: Path) -> None:
+    import tracemalloc
+
+    size = 2 * 1024**3  # max_member_size: both are accepted by their size
+    junk = tmp_path / "junk.dcm"  # no preamble: zeros
+    with open(junk, "wb") as f:
+        f.truncate(size)
+    fake = tmp_path / "fake.dcm"  # a DICM preamble, then garbage, then zeros
+    with open(fake, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM" + bytes(range(256)) * 16)
+        f.truncate(size)
+    server = RefusingServer()
+    client = Orthanc(f"http://127.0.0.1:{server.port}", auth=("kk", "unused"))
+    limit = 200 * 1024**2
+    try:
+        tracemalloc.start()
+        rss = peak_rss()
+        start = time.monotonic()
+        alone = transfer.upload(client, junk, workers=2, progress=False)
+        elapsed = time.monotonic() - start
+        traced = tracemalloc.get_traced_memory()[1]
+        rss_growth = peak_rss() - rss
+        # the whole file was 4 GiB of memory (read in pieces, then joined): now its head
+        (item,) = alone.items
+        assert item.status == "rejected" and item.error and item.size == size
+        assert client.request_count == 0
+        assert traced < limit, traced
+        assert rss_growth < limit, rss_growth
+        assert elapsed < 10, elapsed
+
+        tracemalloc.reset_peak()
+        start = time.monotonic()
+        both = transfer.upload(client, [junk, fake], workers=2, progress=False)
+        elapsed = time.monotonic() - start
+        traced = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.close()
+        client.close()
+        junk.unlink()
+        fake.unlink()
+    # the junk is still refused from its head; the other passes the pre-check, so it is
+    # read (once, in one buffer: one copy, not two) and the server refuses it
+    assert [Path(i.source).name for i in both] == ["junk.dcm", "fake.dcm"]
+    assert [i.status for i in both] == ["rejected", "rejected"], both.items
+    refused = both.items[1]
+    if client.request_count:  # sent: the server's own refusal, with its details
+        assert client.request_count == 1 and server.received == [size]
+        assert refused.details == "Cannot parse an invalid DICOM file"
+        assert traced < size + limit, traced
+    else:  # a pre-check that looks past the marker may refuse it from its head alone
+        assert traced < limit, traced
+    assert elapsed < 60, elapsed
+
+
+def test_export_again_replaces_a_same_size_file_of_another_instance(
+    client: Orthanc, tmp_path: Path, workers: int
+) -> None:
+    series = client.studies()[1].series[0]
+    layout = "{SeriesNumber}/{InstanceNumber}.dcm"
+    first = client.export(series, tmp_path, layout=layout, workers=workers, progress=False)
+    first.raise_for_failures()
+    victim = first.items[0]
+    data = victim.path.read_bytes()
+    uid = str(series.instances[0].sop_instance_uid)
+    assert uid.encode() in data
+    other = uid[:-1] + ("1" if uid[-1] != "1" else "2")
+    victim.path.write_bytes(data.replace(uid.encode(), other.encode()))  # same size
+    assert victim.path.stat().st_size == len(data)
+    # what an export killed in the middle of a download leaves behind
+    stale = victim.path.with_name(f".{victim.path.name}.deadbeef.part")
+    stale.write_bytes(data[:10])
+    unrelated = victim.path.with_name(".notes.txt.deadbeef.part")
+    unrelated.write_text("not the export's")
+    start = client.request_count
+    again = client.export(series, tmp_path, layout=layout, workers=workers, progress=False)
+    assert client.request_count - start == 1  # the file that is not the instance's
+    assert [item.path for item in again.written] == [victim.path]
+    assert len(again.skipped) == len(first) - 1
+    assert victim.path.read_bytes() == data
+    assert not stale.exists() and unrelated.read_text() == "not the export's"
+    assert not [p for p in tmp_path.rglob(".*.part") if p != unrelated]

@@ -9,12 +9,13 @@ work, what they cost and how the modules divide the work: ``docs/transfer.md``.
 from __future__ import annotations
 
 from ..errors import ExportFailed, UploadFailed
+from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from .download import download_archive, save_instance
 from .exporter import export
 from .layout import DEFAULT_LAYOUT, safe_component
 from .reports import ExportItem, ExportReport, ExportStatus, UploadItem, UploadReport, UploadStatus
 from .sources import ARCHIVE_SUFFIXES, JUNK_NAMES
-from .uploader import DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_MAX_MEMBER_SIZE, upload
+from .uploader import DEFAULT_MAX_MEMBER_SIZE, upload
 
 # Internals that tests reach through the package, re-exported explicitly.
 from .layout import _parse_layout as _parse_layout  # isort: skip

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import Forbidden, OrthancError, Unauthorized
+from ..errors import (
+    Forbidden,
+    OrthancConnectionError,
+    OrthancError,
+    ServerError,
+    Unauthorized,
+)
 from ..models import Instance, Patient, Resource, Series, Study
-from .download import _get_to_file
+from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, _Breaker
+from .download import PART_NAME, _get_to_file, _refusal
 from .layout import DEFAULT_LAYOUT, _parse_layout, _relative_path
+from .part10 import read_sop_instance_uid
 from .progress import _progress_bar
 from .reports import ExportItem, ExportReport
 from .sources import _os_reason
@@ -145,7 +153,10 @@ class _Planner:
     """Decides each instance before any download: skipped, failed, or to be written.
 
     Checks that each file's folder resolves inside the export root (once per folder) and
-    creates it, so that downloads only write files.
+    creates it, so that downloads only write files. In a folder that was there before, a
+    file already present is kept (skipped) when it is the instance's (same size, same
+    SOPInstanceUID in its head), and the temporary files an interrupted export left for
+    the paths planned now are removed.
     """
 
     def __init__(self, root: str) -> None:
@@ -154,8 +165,11 @@ class _Planner:
         self.claimed: dict[str, str] = {}
         #: folder -> (why it cannot be used or None, whether this export created it)
         self.folders: dict[str, tuple[str | None, bool]] = {}
+        #: folder -> target file name -> temporary files found for it (``.name.hex.part``)
+        self.stale: dict[str, dict[str, list[str]]] = {}
 
-    def plan(self, instance: Instance, path: Path) -> ExportItem:
+    def plan(self, instance: Instance, path: Path, *, create: bool = True) -> ExportItem:
+        """The instance's fate; ``create=False`` creates no folder (nothing will be sent)."""
         key = os.path.normcase(str(path))
         if key in self.claimed:
             return ExportItem(
@@ -167,31 +181,68 @@ class _Planner:
         self.claimed[key] = instance.id
         parent = os.path.dirname(key)
         if parent not in self.folders:
-            self.folders[parent] = self.check_folder(parent)
+            self.folders[parent] = self.check_folder(parent, create)
         problem, created = self.folders[parent]
         if problem is not None:
             return ExportItem(instance.id, path, "failed", error=problem)
-        if not created:  # a folder made by this export holds nothing to skip
-            try:
-                present = path.stat().st_size
-            except OSError:
-                pass
-            else:
-                if instance.file_size is None or present == instance.file_size:
-                    return ExportItem(instance.id, path, "skipped", size=present)
-        return ExportItem(instance.id, path, "written")
+        if created:  # a folder made by this export holds nothing to skip
+            return ExportItem(instance.id, path, "written")
+        self.remove_stale(parent, path.name)
+        refusal = _refusal(path)
+        if refusal is not None:  # a link or a device is never replaced
+            return ExportItem(instance.id, path, "failed", error=refusal)
+        try:
+            present = path.stat().st_size
+        except OSError:
+            return ExportItem(instance.id, path, "written")
+        if self.is_the_instance(instance, path, present):
+            return ExportItem(instance.id, path, "skipped", size=present)
+        return ExportItem(instance.id, path, "written")  # replaced by the download
 
-    def check_folder(self, folder: str) -> tuple[str | None, bool]:
+    @staticmethod
+    def is_the_instance(instance: Instance, path: Path, size: int) -> bool:
+        """Whether the file at ``path`` (``size`` bytes) is the instance's: the size the
+        server reports (when it does) and the SOPInstanceUID read from the file's head."""
+        if instance.file_size is not None and size != instance.file_size:
+            return False
+        expected = instance.sop_instance_uid
+        return expected is None or read_sop_instance_uid(path) == expected
+
+    def check_folder(self, folder: str, create: bool) -> tuple[str | None, bool]:
         real = os.path.realpath(folder)
         if real != self.root and not real.startswith(self.prefix):
             return "the path leaves the export folder", False
         if os.path.isdir(folder):
+            self.stale[folder] = _stale_parts(folder)
+            return None, False
+        if not create:
             return None, False
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             return f"cannot create {folder}: {_os_reason(exc)}", False
         return None, True
+
+    def remove_stale(self, folder: str, name: str) -> None:
+        """Remove the temporary files an interrupted export left for ``folder/name``."""
+        for part in self.stale.get(folder, {}).pop(name, ()):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, part))
+
+
+def _stale_parts(folder: str) -> dict[str, list[str]]:
+    """The temporary download files in ``folder`` (regular files named like those
+    :func:`~kkorthanc.transfer.download._stream_to_file` writes), by target file name."""
+    found: dict[str, list[str]] = {}
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = PART_NAME.fullmatch(entry.name)
+                if match is not None and entry.is_file(follow_symlinks=False):
+                    found.setdefault(match["name"], []).append(entry.name)
+    except OSError:
+        pass
+    return found
 
 
 def export(
@@ -202,6 +253,7 @@ def export(
     layout: str = DEFAULT_LAYOUT,
     workers: int = 4,
     progress: bool = True,
+    max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> ExportReport:
     """Write the instances of resources to ``folder``, one DICOM file each, ``workers`` at a time.
 
@@ -215,11 +267,18 @@ def export(
             PatientID of ``../../etc`` stays inside the folder. A missing tag gives ``_``.
         workers: concurrent downloads.
         progress: show a tqdm progress bar (``False`` works without tqdm).
+        max_consecutive_failures: after this many "server unreachable" failures in a row
+            (connection errors and timeouts, 502, 503, 504, each after the client's
+            retries) the remaining instances are reported failed without being requested
+            (``None``: never give up).
 
     Returns:
-        An :class:`ExportReport`. A file already present with the instance's size is
-        skipped without a request, so running an interrupted export again resumes it. Two
-        instances landing on the same path are an error for the second, never an overwrite.
+        An :class:`ExportReport` with one item per instance. A file already present with
+        the instance's size and SOPInstanceUID is skipped without a request, so running an
+        interrupted export again resumes it (and removes the temporary files the
+        interruption left). Two instances landing on the same path are an error for the
+        second, never an overwrite; a symbolic link or a device at a file's path is never
+        replaced.
 
     Raises:
         ValueError: the layout is not a relative template of DICOM keywords.
@@ -242,18 +301,29 @@ def export(
     items: list[ExportItem] = []
     seen: set[str] = set()
     planner = _Planner(root)
+    breaker = _Breaker(max_consecutive_failures)
     bar = _progress_bar(progress, None, "export", "file")
     lock = threading.Lock()
 
     def fetch(index: int, instance: Instance, path: Path) -> None:
         start = time.perf_counter()
+        if breaker.tripped is not None:  # queued before the server looked gone
+            items[index] = ExportItem(instance.id, path, "failed", error=breaker.tripped)
+            with lock:
+                bar.update(1)
+            return
         try:
             size = _get_to_file(client, "GET", f"{instance.path}/file", path, make_parent=False)
         except (Unauthorized, Forbidden):
             raise
-        except (OrthancError, OSError) as exc:
+        except (OrthancConnectionError, ServerError) as exc:
+            breaker.failed(exc)
+            item = ExportItem(instance.id, path, "failed", error=str(exc))
+        except (OrthancError, OSError) as exc:  # the server answered; this file failed
+            breaker.answered()
             item = ExportItem(instance.id, path, "failed", error=str(exc))
         else:
+            breaker.answered()
             item = ExportItem(instance.id, path, "written", size=size)
         item.seconds = time.perf_counter() - start
         items[index] = item
@@ -280,7 +350,9 @@ def export(
                         continue
                     seen.add(instance.id)
                     path = Path(root) / _relative_path(components, target.tags)
-                    item = planner.plan(instance, path)
+                    item = planner.plan(instance, path, create=breaker.tripped is None)
+                    if item.status == "written" and breaker.tripped is not None:
+                        item = ExportItem(instance.id, path, "failed", error=breaker.tripped)
                     items.append(item)
                     if item.status == "written":  # to be downloaded
                         downloads.append(pool.submit(fetch, len(items) - 1, instance, path))

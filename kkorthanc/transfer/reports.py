@@ -81,7 +81,8 @@ class UploadItem:
     parent_series_id: str | None = None
     """Orthanc ID of the instance's series."""
     size: int = 0
-    """Bytes read for the item (0 when it was rejected before reading)."""
+    """Size of the item in bytes (0 when it was rejected or failed before it was opened:
+    by its name, its declared size, an unreadable file)."""
     seconds: float = 0.0
     """Time spent reading and sending the item."""
     error: str | None = None
@@ -170,7 +171,8 @@ class ExportItem:
     path: Path
     """Where the file is (or would have been) written."""
     status: ExportStatus
-    """``written``, ``skipped`` (already present with the right size) or ``failed``."""
+    """``written``, ``skipped`` (already present: the instance's size and SOPInstanceUID)
+    or ``failed``."""
     size: int = 0
     """Bytes written, or the size of the file already present."""
     seconds: float = 0.0

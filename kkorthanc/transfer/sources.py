@@ -31,6 +31,11 @@ JUNK_NAMES = frozenset({"dicomdir", ".ds_store", "thumbs.db", "desktop.ini"})
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz")
 
 _CHUNK = 1 << 20
+#: How much of an item the pre-check sees: the 128-byte preamble, the ``DICM`` marker and
+#: the start of the file meta group. :func:`_not_dicom` is called on this head only (on the
+#: whole item when it is shorter), so that a large file that is not DICOM is rejected after
+#: one small read, before anything else of it is read.
+PRECHECK_BYTES = 64 * 1024
 _ARCHIVE_ERRORS = (
     OSError,
     EOFError,
@@ -56,6 +61,7 @@ class _Task:
     data: bytes | None = None
     status: UploadStatus | None = None
     error: str | None = None
+    size: int = 0
 
 
 def _is_dataset(value: object) -> bool:
@@ -210,9 +216,17 @@ class _Producer:
             )
         try:
             with read() as stream:
-                data = _read_capped(stream, self.cap, size)
+                # the pre-check first, on the head: a member that is not DICOM (a bomb of
+                # zeros under a .dcm name) is never inflated further
+                head = stream.read(min(PRECHECK_BYTES, self.cap + 1))
+                reason = _not_dicom(head)
+                if reason is not None:
+                    return self.task(label, status="rejected", error=reason, size=size)
+                data = _read_capped(stream, self.cap, size, head)
         except _ARCHIVE_ERRORS as exc:
             return self.task(label, status="rejected", error=f"unreadable member: {exc}")
+        except MemoryError:
+            return self.task(label, status="failed", error="not enough memory to read it")
         if data is None:  # the declared size lied
             return self.task(label, status="rejected", error=self.too_big(self.cap + 1))
         return self.task(label, data=data)
@@ -275,23 +289,36 @@ def _tar_reader(archive: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     return stream
 
 
-def _read_capped(stream: IO[bytes], cap: int, expected: int) -> bytes | None:
+def _read_capped(stream: IO[bytes], cap: int, expected: int, head: bytes = b"") -> bytes | None:
     """Read a whole stream, or return ``None`` as soon as it passes ``cap`` bytes.
 
-    ``expected`` (the declared size) only sizes the reads; a stream longer than declared is
-    still stopped at the cap.
+    ``head`` is what was already read of the stream. ``expected`` (the declared size) sizes
+    the buffer and the reads; a stream longer than declared is still stopped at the cap.
+    The result is built in one buffer of the final size (no list of pieces joined at the
+    end, which would hold the data twice).
     """
-    parts: list[bytes] = []
-    total = 0
+    total = len(head)
+    if total > cap:
+        return None
     step = max(1, min(expected + 1, _CHUNK * 16))
-    while True:
-        chunk = stream.read(min(step, cap + 1 - total))
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
+    chunk = stream.read(min(step, cap + 1 - total))
+    if not chunk:  # nothing after the head: no copy at all
+        return head
+    buffer = io.BytesIO()
+    planned = min(max(expected, total + len(chunk)), cap)
+    if planned > 0:  # one allocation of the declared size, filled in place
+        buffer.seek(planned - 1)
+        buffer.write(b"\0")
+        buffer.seek(0)
+    buffer.write(head)
+    while chunk:
+        buffer.write(chunk)
         total += len(chunk)
         if total > cap:
             return None
+        chunk = stream.read(min(step, cap + 1 - total))
+    buffer.truncate(total)
+    return buffer.getvalue()  # the buffer itself, not a copy
 
 
 def _os_reason(exc: OSError) -> str:

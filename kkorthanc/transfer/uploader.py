@@ -18,9 +18,18 @@ from ..errors import (
     ServerError,
     Unauthorized,
 )
+from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, _Breaker
 from .progress import _progress_bar
 from .reports import UploadItem, UploadReport, UploadStatus
-from .sources import _check_source, _not_dicom, _os_reason, _Producer, _read_capped, _Task
+from .sources import (
+    PRECHECK_BYTES,
+    _check_source,
+    _not_dicom,
+    _os_reason,
+    _Producer,
+    _read_capped,
+    _Task,
+)
 
 if TYPE_CHECKING:
     from .._transport import BinaryChannel
@@ -28,48 +37,83 @@ if TYPE_CHECKING:
 
 #: Largest file or archive member :func:`upload` reads (2 GiB); larger ones are rejected.
 DEFAULT_MAX_MEMBER_SIZE = 2 * 1024**3
-#: Consecutive "server unreachable" failures after which :func:`upload` stops sending.
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 32
 
 
 class _Uploader:
-    """Worker side of an upload: read, pre-check, POST, classify."""
+    """Worker side of an upload: read, pre-check, POST, classify.
+
+    A worker holds at most one item in memory, never more than ``max_member_size`` bytes:
+    a file is opened, its head pre-checked, and only a file that passed is read whole (in
+    one buffer) and sent.
+    """
 
     def __init__(self, max_member_size: int, max_consecutive_failures: int | None) -> None:
         self.cap = max_member_size
-        self.limit = max_consecutive_failures
-        self.lock = threading.Lock()
-        self.consecutive = 0
-        self.tripped: str | None = None
+        self.breaker = _Breaker(max_consecutive_failures)
+
+    @property
+    def tripped(self) -> str | None:
+        """Why the remaining items are not sent, once the server looked gone."""
+        return self.breaker.tripped
 
     def run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
         start = time.perf_counter()
-        item = self._run(task, channel)
+        try:
+            item = self._run(task, channel)
+        except MemoryError:
+            # the item's buffer is gone with the frames that held it; the run goes on
+            item = UploadItem(
+                task.source,
+                "failed",
+                size=task.size,
+                error="not enough memory to read or send it; try fewer workers",
+            )
         item.seconds = time.perf_counter() - start
         return item
 
+    def _read(self, task: _Task) -> bytes | UploadItem:
+        """A file's content, once its head passed the pre-check; or its outcome."""
+        assert task.path is not None
+        try:
+            with open(task.path, "rb") as stream:
+                size = task.size = os.fstat(stream.fileno()).st_size
+                if size > self.cap:
+                    return UploadItem(
+                        task.source,
+                        "rejected",
+                        error=f"larger than max_member_size ({self.cap} bytes)",
+                    )
+                head = stream.read(min(PRECHECK_BYTES, self.cap + 1))
+                reason = _not_dicom(head)
+                if reason is not None:
+                    return UploadItem(task.source, "rejected", size=size, error=reason)
+                if self.tripped is not None:
+                    return UploadItem(task.source, "failed", size=size, error=self.tripped)
+                data = _read_capped(stream, self.cap, size, head)
+        except OSError as exc:
+            return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
+        if data is None:  # it grew past the limit while it was read
+            return UploadItem(
+                task.source, "rejected", error=f"larger than max_member_size ({self.cap} bytes)"
+            )
+        return data
+
     def _run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
         if task.status is not None:
-            return UploadItem(task.source, task.status, error=task.error)
+            return UploadItem(task.source, task.status, size=task.size, error=task.error)
         data = task.data
         if data is None:
-            assert task.path is not None
-            try:
-                with open(task.path, "rb", buffering=0) as stream:
-                    expected = os.fstat(stream.fileno()).st_size
-                    data = None if expected > self.cap else _read_capped(stream, self.cap, expected)
-            except OSError as exc:
-                return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
-            if data is None:
-                return UploadItem(
-                    task.source, "rejected", error=f"larger than max_member_size ({self.cap} bytes)"
-                )
+            read = self._read(task)
+            if isinstance(read, UploadItem):
+                return read
+            data = read
+        else:
+            reason = _not_dicom(data[:PRECHECK_BYTES])
+            if reason is not None:
+                return UploadItem(task.source, "rejected", size=len(data), error=reason)
+            if self.tripped is not None:
+                return UploadItem(task.source, "failed", size=len(data), error=self.tripped)
         size = len(data)
-        reason = _not_dicom(data)
-        if reason is not None:
-            return UploadItem(task.source, "rejected", size=size, error=reason)
-        if self.tripped is not None:
-            return UploadItem(task.source, "failed", size=size, error=self.tripped)
         try:
             content = channel.send("POST", "/instances", data, content_type="application/dicom")
         except (Unauthorized, Forbidden):
@@ -81,13 +125,12 @@ class _Uploader:
                 raise
             return self._refused(task, size, exc)
         except (OrthancConnectionError, ServerError) as exc:
-            unreachable = isinstance(exc, OrthancConnectionError) or exc.status in (502, 503, 504)
-            self._count_failure(unreachable, exc)
+            self.breaker.failed(exc)
             details = exc.details if isinstance(exc, OrthancHTTPError) else None
             return UploadItem(task.source, "failed", size=size, error=str(exc), details=details)
         except OrthancHTTPError as exc:  # 400 and other refusals of this one file
             return self._refused(task, size, exc)
-        self._reset()
+        self.breaker.answered()
         try:
             answer = json.loads(content)
         except ValueError:
@@ -118,22 +161,8 @@ class _Uploader:
         )
 
     def _refused(self, task: _Task, size: int, exc: OrthancHTTPError) -> UploadItem:
-        self._reset()
+        self.breaker.answered()
         return UploadItem(task.source, "rejected", size=size, error=str(exc), details=exc.details)
-
-    def _reset(self) -> None:
-        if self.consecutive:
-            with self.lock:
-                self.consecutive = 0
-
-    def _count_failure(self, unreachable: bool, exc: Exception) -> None:
-        with self.lock:
-            self.consecutive = self.consecutive + 1 if unreachable else 0
-            if self.limit is not None and self.consecutive >= self.limit and not self.tripped:
-                self.tripped = (
-                    f"not sent: the server was unreachable ({self.consecutive} failures in a "
-                    f"row, the last: {exc})"
-                )
 
 
 def _str(value: object) -> str | None:
@@ -168,9 +197,11 @@ def upload(
     Returns:
         An :class:`UploadReport` with one item per file, member, byte string or dataset.
         Files that are clearly not DICOM (no ``DICM`` marker at byte 128 and no dataset at the
-        start; ``DICOMDIR``, ``.DS_Store``, text) are rejected without being sent; Orthanc's
-        refusals are rejected with its ``details``; transport errors after the client's
-        retries are failed. Local read errors are failed too, so a rerun tries them again.
+        start; ``DICOMDIR``, ``.DS_Store``, text) are rejected from their first 64 KiB,
+        without being read further or sent; Orthanc's refusals are rejected with its
+        ``details``; transport errors after the client's retries are failed. Local read
+        errors, and items that cannot get the memory they need, are failed too, so a rerun
+        tries them again. A worker holds one item at a time, at most ``max_member_size``.
 
     Raises:
         TypeError: ``source`` is of a type that cannot be uploaded.
@@ -197,6 +228,26 @@ def upload(
     errors: list[BaseException] = []
     bar = _progress_bar(progress, None, "upload", "file")
     problems = [0, 0]
+    # bytes read ahead (archive members, encoded datasets) waiting in the queue: the
+    # producer holds back while they pass max_member_size, so memory stays bounded by
+    # about one item per worker, one in the queue and one in the producer's hand
+    queued = threading.Condition()
+    queued_bytes = [0]
+
+    def taken(task: _Task) -> None:
+        if task.data:
+            with queued:
+                queued_bytes[0] -= len(task.data)
+                queued.notify_all()
+
+    def make_room(task: _Task) -> None:
+        weight = len(task.data) if task.data else 0
+        with queued:
+            while weight and queued_bytes[0] and queued_bytes[0] + weight > max_member_size:
+                if stop.is_set() or not any(t.is_alive() for t in threads):
+                    return
+                queued.wait(0.1)
+            queued_bytes[0] += weight
 
     def work() -> None:
         with client.channel() as channel:
@@ -204,6 +255,7 @@ def upload(
                 task = tasks.get()
                 if task is None or stop.is_set():
                     return
+                taken(task)
                 try:
                     item = uploader.run(task, channel)
                 except BaseException as exc:  # surfaced by the caller thread below
@@ -230,6 +282,7 @@ def upload(
         thread.start()
     try:
         for task in producer.tasks(source):
+            make_room(task)
             while not stop.is_set():
                 try:
                     tasks.put(task, timeout=0.1)
