@@ -8,7 +8,8 @@ Tests start it as ``python -m tests.cli_runner [options] -- ARGS...``:
     --script FILE               run FILE as ``__main__`` with ARGS instead of the command line
 
 The cassette settings are those of the ``cassette`` fixture in ``tests/conftest.py``, so a
-subprocess replays exactly like an in-process test. The process exits with the command's code.
+subprocess replays exactly like an in-process test. In replay, job polls do not sleep: the
+recorded answers come at once. The process exits with the command's code.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def _run_script(path: str, args: Sequence[str]) -> int:
     return 0
 
 
+def _no_polling_delays() -> None:
+    from kkorthanc import jobs
+    from kkorthanc.cli import _jobs
+
+    def no_sleep(seconds: float) -> None:
+        pass
+
+    jobs._sleep = no_sleep
+    _jobs._sleep = no_sleep
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cli_runner")
     parser.add_argument("--mode", choices=("replay", "record", "live"), default="replay")
@@ -58,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(options.args)
     if args[:1] == ["--"]:
         args = args[1:]
+    if options.mode == "replay":
+        _no_polling_delays()
     with _cassette(options.mode, options.cassette, options.port):
         if options.script:
             return _run_script(options.script, args)
