@@ -1050,3 +1050,34 @@ def test_export_again_replaces_a_same_size_file_of_another_instance(
     assert victim.path.read_bytes() == data
     assert not stale.exists() and unrelated.read_text() == "not the export's"
     assert not [p for p in tmp_path.rglob(".*.part") if p != unrelated]
+
+
+def test_the_resume_check_reads_the_uid_from_the_head_in_any_encoding(tmp_path: Path) -> None:
+    from kkorthanc.transfer.part10 import read_sop_instance_uid, sop_instance_uid
+
+    ds = next(synthetic.generate(synthetic.SyntheticSpec(1, 1, 1, 1, seed=43)))
+    uid = str(ds.SOPInstanceUID)
+    uids = pydicom.uid
+    for syntax in (
+        uids.ExplicitVRLittleEndian,
+        uids.ImplicitVRLittleEndian,
+        uids.ExplicitVRBigEndian,
+        uids.DeflatedExplicitVRLittleEndian,
+    ):
+        ds.file_meta.TransferSyntaxUID = syntax
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        assert sop_instance_uid(buffer.getvalue()) == uid, syntax
+    for implicit in (True, False):  # a bare dataset, without preamble and file meta
+        raw = pydicom.filebase.DicomBytesIO()
+        raw.is_little_endian, raw.is_implicit_VR = True, implicit
+        pydicom.filewriter.write_dataset(raw, ds)
+        assert sop_instance_uid(raw.getvalue()) == uid
+    ds.file_meta.TransferSyntaxUID = uids.ExplicitVRLittleEndian
+    ds.ImageType = ["ORIGINAL", *(["X" * 16] * 400)]  # 6.8 KB before the UID
+    long_head = tmp_path / "long.dcm"
+    pydicom.dcmwrite(long_head, ds, enforce_file_format=True)
+    assert read_sop_instance_uid(long_head) == uid
+    for junk in (b"", b"\x00" * 4096, b"\x00" * 128 + b"DICM" + bytes(range(256)) * 4):
+        assert sop_instance_uid(junk) is None
+    assert read_sop_instance_uid(tmp_path / "missing.dcm") is None

@@ -14,7 +14,8 @@ import zlib
 from pathlib import Path
 
 #: How much of a file is read to find its SOPInstanceUID (0008,0018), one of the first
-#: elements of a dataset.
+#: elements of a dataset: a first read, enough for almost every file, then at most this.
+FIRST_READ = 4 * 1024
 HEAD_BYTES = 64 * 1024
 
 _SOP_INSTANCE_UID = (0x0008, 0x0018)
@@ -31,10 +32,14 @@ def read_sop_instance_uid(path: Path) -> str | None:
     """The SOPInstanceUID of the DICOM file at ``path``, or ``None`` when it cannot be read."""
     try:
         with open(path, "rb") as stream:
-            head = stream.read(HEAD_BYTES)
+            head = stream.read(FIRST_READ)
+            found = sop_instance_uid(head)
+            if found is None and len(head) == FIRST_READ:  # long elements before it?
+                head += stream.read(HEAD_BYTES - FIRST_READ)
+                found = sop_instance_uid(head)
     except OSError:
         return None
-    return sop_instance_uid(head)
+    return found
 
 
 def sop_instance_uid(head: bytes) -> str | None:
