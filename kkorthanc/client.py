@@ -36,7 +36,8 @@ from .server import (
     Timeout,
     chunks,
 )
-from .transfer import DEFAULT_LAYOUT
+from .transfer import DEFAULT_LAYOUT, DEFAULT_MAX_CONSECUTIVE_FAILURES
+from .transfer.progress import ProgressOption
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -290,7 +291,7 @@ class Orthanc(Server):
         source: Any,
         *,
         workers: int = 4,
-        progress: bool = True,
+        progress: ProgressOption = "auto",
     ) -> UploadReport:
         """Upload files, folders, archives or datasets; see :func:`kkorthanc.transfer.upload`."""
         from . import transfer
@@ -304,13 +305,20 @@ class Orthanc(Server):
         *,
         layout: str = DEFAULT_LAYOUT,
         workers: int = 4,
-        progress: bool = True,
+        progress: ProgressOption = "auto",
+        max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> ExportReport:
         """Write instances to a folder tree; see :func:`kkorthanc.transfer.export`."""
         from . import transfer
 
         return transfer.export(
-            self, resources, Path(folder), layout=layout, workers=workers, progress=progress
+            self,
+            resources,
+            Path(folder),
+            layout=layout,
+            workers=workers,
+            progress=progress,
+            max_consecutive_failures=max_consecutive_failures,
         )
 
     def labels(self) -> tuple[str, ...]:

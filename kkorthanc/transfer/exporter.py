@@ -25,7 +25,7 @@ from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, _Breaker
 from .download import PART_NAME, _get_to_file, _refusal
 from .layout import DEFAULT_LAYOUT, _parse_layout, _relative_path
 from .part10 import read_sop_instance_uid
-from .progress import _progress_bar
+from .progress import AUTO, ProgressOption, _progress_bar
 from .reports import ExportItem, ExportReport
 from .sources import _os_reason
 
@@ -252,7 +252,7 @@ def export(
     *,
     layout: str = DEFAULT_LAYOUT,
     workers: int = 4,
-    progress: bool = True,
+    progress: ProgressOption = AUTO,
     max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> ExportReport:
     """Write the instances of resources to ``folder``, one DICOM file each, ``workers`` at a time.
@@ -266,7 +266,9 @@ def export(
             ``{InstanceNumber:04d}``). Each value is made safe (:func:`safe_component`): a
             PatientID of ``../../etc`` stays inside the folder. A missing tag gives ``_``.
         workers: concurrent downloads.
-        progress: show a tqdm progress bar (``False`` works without tqdm).
+        progress: ``"auto"`` (the default) shows a tqdm bar only where someone can see it
+            (standard error is a terminal, or a Jupyter kernel: a text bar when ipywidgets
+            is missing); ``True`` always, ``False`` never. Needs the ``progress`` extra.
         max_consecutive_failures: after this many "server unreachable" failures in a row
             (connection errors and timeouts, 502, 503, 504, each after the client's
             retries) the remaining instances are reported failed without being requested

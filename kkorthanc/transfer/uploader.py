@@ -19,7 +19,7 @@ from ..errors import (
     Unauthorized,
 )
 from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, _Breaker
-from .progress import _progress_bar
+from .progress import AUTO, ProgressOption, _progress_bar
 from .reports import UploadItem, UploadReport, UploadStatus
 from .sources import (
     PRECHECK_BYTES,
@@ -174,7 +174,7 @@ def upload(
     source: Any,
     *,
     workers: int = 4,
-    progress: bool = True,
+    progress: ProgressOption = AUTO,
     max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
     max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> UploadReport:
@@ -187,8 +187,9 @@ def upload(
             read from the archive; archives found in folders are expanded too, archives inside
             archives are not), ``bytes``, a pydicom ``Dataset``, or an iterable of these.
         workers: concurrent uploads, each on a keep-alive connection of its own.
-        progress: show a tqdm progress bar (a widget in notebooks); needs the ``progress``
-            extra, and ``False`` works without it.
+        progress: ``"auto"`` (the default) shows a tqdm bar only where someone can see it
+            (standard error is a terminal, or a Jupyter kernel: a text bar when ipywidgets
+            is missing); ``True`` always, ``False`` never. Needs the ``progress`` extra.
         max_member_size: files and archive members larger than this are rejected unread
             (declared size) or as soon as reading passes it, so a zip bomb cannot fill memory.
         max_consecutive_failures: after this many "server unreachable" failures in a row the
