@@ -216,6 +216,16 @@ class AmbiguousIdentifier(OrthancError, LookupError):
         self.matches = tuple(matches)
 
 
+class PaddedIdentifier(AmbiguousIdentifier):
+    """Resources whose identifiers differ only by surrounding spaces (``"id11111"`` and
+    ``" id11111"``): Orthanc keeps them apart (two patients), so a lookup by the identifier
+    cannot choose and names them all.
+
+    Attributes:
+        matches: every resource with the identifier, up to the spaces.
+    """
+
+
 
 # -- remote modalities --------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from kkorthanc.tags import (
     snake_to_keyword,
     suggest_keywords,
     tag_keyword,
+    time_match_bounds,
     time_to_dicom,
     to_dicom,
     value_to_dicom,
@@ -470,6 +471,38 @@ def test_formatters() -> None:
     assert datetime_to_dicom(dt.datetime(2024, 1, 2, tzinfo=tz(345))) == "20240102000000+0545"
 
 
+def test_time_match_bounds_cover_the_instant_a_time_names() -> None:
+    assert time_match_bounds(dt.time(14, 16, 45)) == ("141645", "141645.999999")
+    assert time_match_bounds(dt.time(14, 16)) == ("1416", "141600.999999")
+    assert time_match_bounds(dt.time(14)) == ("14", "140000.999999")
+    assert time_match_bounds(dt.time(14, 16, 45, 500000)) == ("141645.5", "141645.500000")
+    assert time_match_bounds(dt.time(0, 0, 0, 1)) == ("000000.000001", "000000.000001")
+
+
+@given(st.times(), st.sampled_from([0, 1, 2, 3, 4, 5, 6]))
+def test_time_match_bounds_hold_every_spelling_of_the_time_as_text(t: dt.time, digits: int) -> None:
+    """Every TM text that parse_tm reads as ``t`` (to the precision of ``t``) lies within the
+    bounds, compared as text like Orthanc compares them; the next second does not."""
+    low, high = time_match_bounds(t)
+    whole = f"{t.hour:02d}{t.minute:02d}{t.second:02d}"
+    fraction = f"{t.microsecond:06d}"
+    if t.microsecond:
+        kept = max(digits, len(fraction.rstrip("0")))
+        spellings = [f"{whole}.{fraction[:kept]}{'0' * (kept - 6)}"]
+    else:
+        spellings = [whole, f"{whole}.{'0' * max(digits, 1)}", f"{whole}.{'9' * max(digits, 1)}"]
+        if whole.endswith("00"):
+            spellings.append(whole[:4])
+    for text in spellings:
+        assert low <= text <= high, (t, text)
+        assert parse_tm(text) is not None and parse_tm(text).replace(microsecond=0) == t.replace(
+            microsecond=0
+        )
+    if t < dt.time(23, 59, 59):
+        after = (dt.datetime.combine(dt.date(2000, 1, 1), t) + dt.timedelta(seconds=1)).time()
+        assert f"{after.hour:02d}{after.minute:02d}{after.second:02d}" > high
+
+
 @given(st.dates(min_value=dt.date(1, 1, 1)))
 def test_date_round_trip(d: dt.date) -> None:
     assert parse_da(date_to_dicom(d)) == d
@@ -709,7 +742,7 @@ def test_to_dicom_match() -> None:
     assert match("PatientName", None) == ""
     assert match("SeriesNumber", 3) == "3"
     assert match("StudyDate", dt.date(2020, 1, 2)) == "20200102"
-    assert match("StudyTime", dt.time(8, 30)) == "083000"
+    assert match("StudyTime", dt.time(8, 30)) == "083000"  # as text: find() makes it a range first
     assert match("StudyDate", (dt.date(2020, 1, 2), None)) == "20200102-"
     assert match("StudyDate", (None, "20201231")) == "-20201231"
     assert match("StudyDate", ("20200101", "20201231")) == "20200101-20201231"

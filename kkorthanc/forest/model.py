@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, overload
 
-from ..errors import AmbiguousIdentifier, NotInForest
+from ..errors import AmbiguousIdentifier, NotInForest, PaddedIdentifier
 from ..models import (
     LEVELS,
     Instance,
@@ -130,8 +130,13 @@ class PatientForest:
     def patient(self, patient_id: str) -> Patient:
         """The patient with this PatientID (or Orthanc ID): O(1), no request.
 
+        Surrounding spaces are ignored, as Orthanc's index ignores them. Orthanc strips
+        trailing spaces when it stores a file but keeps leading ones, so ``"id11111"`` and
+        ``" id11111"`` are two patients: such a lookup raises instead of choosing.
+
         Raises:
             NotInForest: no such patient.
+            PaddedIdentifier: several patients have the PatientID, up to surrounding spaces.
         """
         found: Patient = self._one(Patient, patient_id)
         return found
@@ -165,7 +170,8 @@ class PatientForest:
         """The resource with this Orthanc ID, UID or PatientID at any level, or ``None``.
 
         Raises:
-            AmbiguousIdentifier: several resources share the identifier.
+            AmbiguousIdentifier: several resources share the identifier
+                (:class:`~kkorthanc.PaddedIdentifier` when they differ by spaces only).
         """
         matches = self.lookup(key)
         if len(matches) > 1:
@@ -173,7 +179,11 @@ class PatientForest:
         return matches[0] if matches else None
 
     def lookup(self, key: str) -> list[Resource]:
-        """Every resource whose Orthanc ID, UID or PatientID is ``key``, at any level."""
+        """Every resource whose Orthanc ID, UID or PatientID is ``key``, at any level.
+
+        Surrounding spaces are ignored: ``"id11111"`` finds the patients ``"id11111"`` and
+        ``" id11111"``, which Orthanc keeps apart.
+        """
         found: list[Resource] = []
         for cls in LEVELS:
             found.extend(self._matches(cls, key))
@@ -209,6 +219,20 @@ class PatientForest:
 
     @staticmethod
     def _ambiguous(key: str, matches: Sequence[Resource]) -> AmbiguousIdentifier:
+        stored = {m.main_dicom_tags.get(m.uid_keyword) for m in matches}
+        if len(stored) > 1:
+            # "id11111" and " id11111": one identifier to the index, two resources to Orthanc
+            listed = ", ".join(
+                f"{m.main_dicom_tags.get(m.uid_keyword)!r} ({m.level.lower()} {m.id})"
+                for m in matches[:5]
+            )
+            keywords = " or ".join(sorted({m.uid_keyword for m in matches}))
+            return PaddedIdentifier(
+                f"{len(matches)} resources have a {keywords} that differs from {key.strip()!r} "
+                f"only by surrounding spaces: {listed}. Orthanc keeps them apart; look one up "
+                "by its Orthanc ID, or get them all with forest.lookup()",
+                matches,
+            )
         listed = ", ".join(f"{m.level} {m.id}" for m in matches[:5])
         return AmbiguousIdentifier(
             f"{len(matches)} resources have the identifier {key!r} ({listed}): use an Orthanc ID "

@@ -3,7 +3,9 @@
 A query is compiled once (:func:`compile_query`) into :class:`Constraint` objects; the same
 compiled query becomes the body of ``POST /tools/find`` (:func:`server_find`) or filters a
 forest in memory (:func:`local_find`), and both give the same resources. The rules, and how
-they reproduce Orthanc's two filtering stages, are in ``docs/matching.md``.
+they reproduce Orthanc's two filtering stages, are in ``docs/matching.md``; where Orthanc
+versions and index backends answer differently, a :class:`Dialect` names the server a
+forest's answers follow.
 
 Modules: :mod:`.engine` (normalizations and matchers), :mod:`.compile` (names and values to
 constraints), :mod:`.remote` (the server), :mod:`.local` (a forest).
@@ -16,13 +18,22 @@ from ..models import LEVELS as _LEVEL_CLASSES
 from ..models import Level
 from ..tags import RANGE_VRS, TAG_NUMBERS
 from .compile import (
+    COMPUTED_TAGS,
     WILDCARD_VRS,
     CompiledQuery,
     LabelsConstraint,
     compile_query,
     queryable_tags,
 )
-from .engine import IDENTIFIER_TAGS, Constraint, Kind, normalize_identifier, upper_with_accents
+from .engine import (
+    DEFAULT_DIALECT,
+    IDENTIFIER_TAGS,
+    Constraint,
+    Dialect,
+    Kind,
+    normalize_identifier,
+    upper_with_accents,
+)
 from .local import ForestLike, local_find
 from .remote import server_find
 
@@ -30,6 +41,8 @@ from .remote import server_find
 LEVELS: tuple[Level, ...] = tuple(cls.level for cls in _LEVEL_CLASSES)
 
 __all__ = [
+    "COMPUTED_TAGS",
+    "DEFAULT_DIALECT",
     "IDENTIFIER_TAGS",
     "LEVELS",
     "RANGE_VRS",
@@ -37,6 +50,7 @@ __all__ = [
     "WILDCARD_VRS",
     "CompiledQuery",
     "Constraint",
+    "Dialect",
     "ForestLike",
     "Kind",
     "LabelsConstraint",

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import QueryError
-from ..models import Resource, level_class
-from ..tags import tag_keyword
-from .compile import CompiledQuery, compile_query, labels_filter
+from ..models import Resource, Study, level_class
+from ..tags import TAG_NUMBERS, tag_keyword
+from .compile import COMPUTED_TAGS, CompiledQuery, compile_query, labels_filter
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -78,8 +78,11 @@ def server_find(
         extra["RequestedTags"] = wanted
 
     cls = level_class(compiled.level)
+    found: list[Resource]
     if compiled.is_universal and not label_names:
         found = list(itertools.islice(_listing(client, cls, wanted, limit, page_size), limit))
+    elif compiled.computed and client.system.api_version < _COMPUTED_PER_STUDY:
+        found = list(_studies_by_series(client, compiled, extra, limit, page_size))
     else:
         found = list(_find_pages(client, cls, compiled, extra, limit, page_size))
     found.sort(key=lambda r: r.id)
@@ -103,6 +106,48 @@ def _listing(
     for page in client.iter_pages(path, page_size=size):
         for item in page:
             yield cls.from_orthanc(item, client)
+
+
+#: The REST API version (1.11.0) from which Orthanc checks ``ModalitiesInStudy`` study by
+#: study; before, it collapses studies sharing a StudyInstanceUID and pages wrongly.
+_COMPUTED_PER_STUDY = 17
+
+
+def _studies_by_series(
+    client: Server,
+    compiled: CompiledQuery,
+    extra: dict[str, Any],
+    limit: int | None,
+    page_size: int,
+) -> list[Study]:
+    """A ``ModalitiesInStudy`` query asked as Orthanc 1.10 would, but study by study.
+
+    Orthanc 1.10 turns it into a series query on ``Modality`` and then merges the series of
+    studies that share a StudyInstanceUID (across patients) into one answer, and its
+    ``Since``/``Limit`` count studies wrongly. The same series query is sent here, paged
+    like any other, and the parent studies are fetched with ``POST /tools/bulk-content``.
+    """
+    query = compiled.request_query()
+    for _, number, source in COMPUTED_TAGS.values():
+        if number in query:
+            query[TAG_NUMBERS[source]] = query.pop(number)
+    body: dict[str, Any] = {
+        "Level": "Series",
+        "Query": dict(sorted(query.items())),
+        "Expand": True,
+        "CaseSensitive": compiled.case_sensitive,
+        **extra,
+    }
+    study_ids: dict[str, None] = {}
+    for page in client.iter_find(body, page_size=page_size):
+        for item in page:
+            parent = item.get("ParentStudy") if isinstance(item, dict) else None
+            if isinstance(parent, str):
+                study_ids[parent] = None
+        if limit is not None and len(study_ids) >= limit:
+            break
+    wanted = list(study_ids)[:limit]
+    return [Study.from_orthanc(item, client) for item in client.bulk_json(wanted)]
 
 
 def _find_pages(

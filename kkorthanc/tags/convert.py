@@ -21,6 +21,7 @@ __all__ = [
     "RANGE_VRS",
     "date_to_dicom",
     "datetime_to_dicom",
+    "time_match_bounds",
     "time_to_dicom",
     "to_dicom",
     "value_to_dicom",
@@ -146,6 +147,28 @@ def _scalar_text(
     )
 
 
+def time_match_bounds(t: datetime.time) -> tuple[str, str]:
+    """The lowest and highest TM text of the instant a time names, for range matching.
+
+    ``find()`` queries (:func:`kkorthanc.query.compile_query`) match a ``time`` this way.
+
+    Orthanc compares TM values as text, so ``141645`` is not equal to a stored
+    ``141645.000000``. A time without microseconds names its whole second, and is found
+    where a stored value lies between ``HHMMSS`` (shortened to ``HHMM`` or ``HH`` when the
+    trailing fields are zero, so that a stored ``1416`` is found by ``time(14, 16)``) and
+    ``HHMMSS.999999``; a time with microseconds names that instant, written with the fewest
+    and with all six fraction digits (``141645.5`` to ``141645.500000``).
+    """
+    hhmmss = f"{t.hour:02d}{t.minute:02d}{t.second:02d}"
+    if t.microsecond:
+        fraction = f"{t.microsecond:06d}"
+        return f"{hhmmss}.{fraction.rstrip('0')}", f"{hhmmss}.{fraction}"
+    low = hhmmss
+    while len(low) > 2 and low.endswith("00"):
+        low = low[:-2]
+    return low, f"{hhmmss}.999999"
+
+
 def _match_text(
     keyword: str, vr: str | None, value: Any, where: str, error: type[InvalidRequest]
 ) -> str:
@@ -266,7 +289,9 @@ def to_dicom(
     ``purpose="match"`` (a query's value): ``None`` matches anything (``""``); a
     ``(start, end)`` tuple is a range on dates and times (``None`` for an open end); a list or
     set means any of its items, which are literal (a lone item with a wildcard is repeated,
-    ``C*\\C*``, so that it stays a list); an empty list is refused.
+    ``C*\\C*``, so that it stays a list); an empty list is refused. A ``time`` is written
+    as TM text; the queries of ``find()`` turn it into the range of the instant it names
+    first (:func:`time_match_bounds`), which a C-FIND leaves to the peer.
 
     ``purpose="write"`` (a modification's value): a list, tuple or set holds the values of a
     multi-valued tag, joined by ``\\`` (a set sorted); a list of mappings is a sequence, each
