@@ -354,12 +354,17 @@ def _not_dicom(data: bytes) -> str | None:
     """Why ``data`` cannot be a DICOM instance, or ``None`` when it may be one.
 
     A Part-10 file has ``DICM`` at byte 128. Some valid files lack the preamble (a bare
-    dataset): those start with a group 0002/0008/... element and are sent for the server to
-    judge. Anything else is reported as rejected without being sent.
+    dataset): those start with a group 0002/0008/... element, in little- or big-endian byte
+    order (Orthanc reads an explicit-VR big-endian dataset without meta header too), and are
+    sent for the server to judge. Only what is clearly something else (empty, an archive, a
+    compressed file, text) is reported as rejected without being sent.
     """
     if data[128:132] == b"DICM":
         return None
-    if len(data) >= 8 and int.from_bytes(data[0:2], "little") in _RAW_DATASET_GROUPS:
+    if len(data) >= 8 and (
+        int.from_bytes(data[0:2], "little") in _RAW_DATASET_GROUPS
+        or int.from_bytes(data[0:2], "big") in _RAW_DATASET_GROUPS
+    ):
         return None
     if not data:
         return "empty file"
