@@ -13,7 +13,15 @@ instances), then measures in the same run, each several times with the best time
 - ``forest.update()`` after 10 new instances, against a full build;
 - memory per resource of the built forest (tracemalloc).
 
+``--store`` measures the stored forest instead (:func:`kkorthanc.forest.open_forest`): the
+build into a new file, the reopening of that file (in this process, and in a new Python
+process from start to a usable forest), ``update()`` after 10 new instances on a reopened
+forest, the file's size, and a lookup and a find on a reopened forest; each against the
+in-memory build measured in the same run. ``--instances N`` loads N instances in the same
+shape (3 studies x 4 series x 10 instances per patient) instead of 24,000.
+
     python bench/forest.py [--repeat 5] [--subset N] [--page-size 4000]
+    python bench/forest.py --store [--instances 240000] [--repeat 3]
 
 Exits 0.
 """
@@ -22,17 +30,21 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic_core
 
 from kkorthanc import Instance, Orthanc, Patient, Series, Study, synthetic
-from kkorthanc.forest import DEFAULT_PAGE_SIZE, PatientForest, load_forest
+from kkorthanc.forest import DEFAULT_PAGE_SIZE, PatientForest, load_forest, open_forest
 from kkorthanc.sandbox import Sandbox
 
 LEVEL_PATHS = ("/patients", "/studies", "/series", "/instances")
@@ -206,8 +218,20 @@ def main(argv: list[str] | None = None) -> int:
         "--subset", type=int, default=None, help="patients pyorthanc walks (default: all)"
     )
     parser.add_argument("--seed", type=int, default=1000, help="seed of the added instances")
+    parser.add_argument(
+        "--store", action="store_true", help="measure the forest stored in a file instead"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=synthetic.BENCH.total_instances,
+        help="instances to load (a multiple of 120: patients of 3 x 4 x 10)",
+    )
     args = parser.parse_args(argv)
-    spec = synthetic.BENCH
+    base = synthetic.BENCH
+    per_patient = base.studies_per_patient * base.series_per_study * base.instances_per_series
+    spec = synthetic.SyntheticSpec(
+        max(1, args.instances // per_patient), base.studies_per_patient,
+        base.series_per_study, base.instances_per_series,
+    )
     print(f"loading {spec.total_instances:,} instances ({spec.patients} patients x "
           f"{spec.studies_per_patient} studies x {spec.series_per_study} series x "
           f"{spec.instances_per_series} instances) into a sandbox ...", flush=True)
@@ -216,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.load_synthetic(spec, workers=4)
         print(f"loaded in {time.perf_counter() - start:.0f} s\n", flush=True)
         with sandbox.client() as client:
-            report(client, sandbox.url, sandbox.auth, args)
+            if args.store:
+                report_store(client, sandbox, args)
+            else:
+                report(client, sandbox.url, sandbox.auth, args)
     return 0
 
 
@@ -322,6 +349,115 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
           f"({per * counted / 2**20:.1f} MiB for {counted:,} resources; peak during the build "
           f"{peak:,.0f} bytes per resource); the same resources as pydantic-validated models "
           f"(from_orthanc, json.loads, no links or indexes): {plain:,.0f} bytes per resource")
+
+
+REOPEN_IN_A_NEW_PROCESS = """
+import sys, time
+start = time.perf_counter()
+from kkorthanc import Orthanc
+from kkorthanc.forest import open_forest
+imported = time.perf_counter()
+with Orthanc(sys.argv[1], auth=(sys.argv[2], sys.argv[3])) as client:
+    forest = open_forest(client, sys.argv[4])
+    ready = time.perf_counter()
+    assert forest.counts.total > 0
+print(imported - start, ready - imported, client.request_count)
+"""
+
+
+def report_store(client: Orthanc, sandbox: Sandbox, args: Any) -> None:
+    """The stored forest against the in-memory build, measured in the same run."""
+    page_size = args.page_size
+    folder = Path(tempfile.mkdtemp(prefix="kk-bench-store-"))
+    path = folder / "bench.forest"
+    memory_runs, store_runs = [], []
+    for attempt in range(args.repeat):  # taking turns, as the other contenders do
+        memory_runs.append(timed(client, lambda: kk_build(client, page_size)))
+        target = folder / f"build-{attempt}.forest"
+        store_runs.append(timed(client, lambda t=target: stored_build(client, t, page_size)))
+        os.replace(target, path)
+    memory = min(r[0] for r in memory_runs)
+    build = min(r[0] for r in store_runs)
+    resources, size = store_runs[0][2], path.stat().st_size
+
+    reopen_runs = []
+    for _ in range(args.repeat):
+        reopen_runs.append(timed(client, lambda: reopened_total(client, path)))
+    reopen = min(r[0] for r in reopen_runs)
+
+    update_runs = []
+    for seed in range(args.repeat):
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        gc.collect()
+        before = client.request_count
+        start = time.perf_counter()
+        forest = open_forest(client, path, update=False)
+        opened = time.perf_counter()
+        report = forest.update()
+        done = time.perf_counter()
+        if len(report.added.instances) != 10 or report.rebuilt:
+            raise SystemExit(f"the update did not add 10 instances: {report}")
+        update_runs.append((opened - start, done - opened, client.request_count - before))
+        forest.close()
+    best_pair = min(update_runs, key=lambda r: r[0] + r[1])
+
+    fresh = load_forest(client, page_size=page_size)
+    with open_forest(client, path) as reopened:
+        same = reopened.snapshot() == fresh.snapshot()
+    study = fresh.studies[len(fresh.studies) // 2]
+    patient = fresh.patients[len(fresh.patients) // 2]
+    with open_forest(client, path, update=False) as reopened:
+        start = time.perf_counter()
+        found = reopened.study(str(study.study_instance_uid))
+        lookup = time.perf_counter() - start
+        assert found.id == study.id
+        start = time.perf_counter()
+        hits = reopened.find("instance", PatientID=patient.patient_id)
+        find = time.perf_counter() - start
+        made = reopened.models_in_memory
+    expected = fresh.find("instance", PatientID=patient.patient_id)
+    assert [h.id for h in hits] == [e.id for e in expected]
+
+    user, password = sandbox.auth
+    process = subprocess.run(
+        [sys.executable, "-c", REOPEN_IN_A_NEW_PROCESS, client.url, user, password, str(path)],
+        capture_output=True, text=True, check=True,
+    )
+    imports, ready, sent = process.stdout.split()
+
+    print(f"Stored forest of {resources:,} resources ({args.instances:,} instances wanted), "
+          f"page size {page_size}, best of {args.repeat}:\n")
+    rows = [("operation", "requests", "wall s", "x in-memory build")]
+    rows.append(("in-memory build (load_forest)", f"{memory_runs[0][1]}", f"{memory:.3f}",
+                 "1.000"))
+    rows.append(("build into a new file (open_forest)", f"{store_runs[0][1]}", f"{build:.3f}",
+                 f"{build / memory:.3f}"))
+    rows.append(("reopen, no update", "0", f"{reopen:.4f}", f"{reopen / memory:.4f}"))
+    rows.append(("reopen, then update() after 10 new instances", f"{best_pair[2]}",
+                 f"{best_pair[0] + best_pair[1]:.4f}",
+                 f"{(best_pair[0] + best_pair[1]) / memory:.4f}"))
+    rows.append(("  of which update()", "", f"{best_pair[1]:.4f}", ""))
+    rows.append(("study(uid) on a reopened forest", "0", f"{lookup:.4f}", ""))
+    rows.append(("find('instance', PatientID=...) on it", "0", f"{find:.4f}", ""))
+    print(table(rows))
+    print(f"\nfile: {size:,} bytes, {size / resources:,.0f} bytes per resource; after the lookup "
+          f"and the find the reopened forest held {made:,} models of {resources:,}")
+    print(f"a new Python process: imports {float(imports):.3f} s, open_forest + update() "
+          f"{float(ready):.3f} s, {sent} requests")
+    print(f"the reopened, updated forest equals a fresh build: {same}")
+    for leftover in folder.iterdir():
+        leftover.unlink()
+    folder.rmdir()
+
+
+def stored_build(client: Orthanc, path: Path, page_size: int) -> int:
+    with open_forest(client, path, page_size=page_size) as forest:
+        return forest.counts.total
+
+
+def reopened_total(client: Orthanc, path: Path) -> int:
+    with open_forest(client, path, update=False) as forest:
+        return forest.counts.total
 
 
 def fresh_requests(client: Orthanc, page_size: int) -> int:

@@ -216,6 +216,35 @@ class AmbiguousIdentifier(OrthancError, LookupError):
         self.matches = tuple(matches)
 
 
+class ForestStoreError(OrthancError):
+    """A stored forest's file cannot be used as asked.
+
+    Raised for a file written by another schema version (the message names both versions,
+    ``found`` and ``expected`` hold them), a file that is not a forest store (left
+    untouched), a file that would have to be built when the caller asked to open it only,
+    and a file that another process keeps locked.
+
+    Attributes:
+        path: the file.
+        found: the schema version the file was written with, when that is the problem.
+        expected: the schema version this kkorthanc reads and writes, likewise.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str = "",
+        *,
+        found: int | None = None,
+        expected: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.found = found
+        self.expected = expected
+
+
+
 class PaddedIdentifier(AmbiguousIdentifier):
     """Resources whose identifiers differ only by surrounding spaces (``"id11111"`` and
     ``" id11111"``): Orthanc keeps them apart (two patients), so a lookup by the identifier

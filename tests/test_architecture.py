@@ -66,6 +66,7 @@ PUBLIC = [
     "FindAnswer",
     "FindFailed",
     "Forbidden",
+    "ForestStoreError",
     "Instance",
     "InvalidRequest",
     "Job",

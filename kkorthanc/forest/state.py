@@ -8,7 +8,7 @@ identifier indexes; an update edits it in place, a rebuild replaces it whole.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..models import LEVELS, Resource, Study
@@ -37,14 +37,7 @@ def _level_of(item: dict[str, Any]) -> type[Resource] | None:
 
 def _count(state: _State, cls: type[Resource]) -> int:
     """Resources of one level; the level just below the depth is counted from child IDs."""
-    if cls in state.levels:
-        return len(state.tables[cls])
-    parent_cls = cls.parent_class()
-    if parent_cls is None or cls.depth != len(state.levels) + 1:
-        return 0
-    field = parent_cls.child_ids_field
-    assert field is not None
-    return sum(len(obj.__dict__[field]) for obj in state.tables[parent_cls].values())
+    return state.count(cls)
 
 
 class _Index:
@@ -92,15 +85,30 @@ class _Index:
 
 
 class _State:
-    """Everything a build produces; an update edits it, a rebuild swaps it."""
+    """Everything a build produces; an update edits it, a rebuild swaps it.
+
+    The tables are plain dicts; a stored forest (:mod:`.store`) puts mappings backed by its
+    file in their place, which is why they are typed as mappings.
+    """
 
     def __init__(self, levels: Sequence[type[Resource]]) -> None:
         self.levels = tuple(levels)
-        self.tables: dict[type[Resource], dict[str, Any]] = {cls: {} for cls in LEVELS}
+        self.tables: dict[type[Resource], MutableMapping[str, Any]] = {cls: {} for cls in LEVELS}
         self.uids: dict[type[Resource], _Index] = {cls: _Index() for cls in LEVELS}
         self.accession = _Index()
         self.last_seq = 0
         self.built_at = datetime.datetime.now(datetime.timezone.utc)
+
+    def count(self, cls: type[Resource]) -> int:
+        """Resources of one level; the level just below the depth is counted from child IDs."""
+        if cls in self.levels:
+            return len(self.tables[cls])
+        parent_cls = cls.parent_class()
+        if parent_cls is None or cls.depth != len(self.levels) + 1:
+            return 0
+        field = parent_cls.child_ids_field
+        assert field is not None
+        return sum(len(obj.__dict__[field]) for obj in self.tables[parent_cls].values())
 
     def holds(self, obj: Resource) -> bool:
         """Whether this very object is in the forest."""

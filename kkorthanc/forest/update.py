@@ -384,15 +384,20 @@ class _Updater:
                 self._sync(new=server_ids - mine, refresh=set(), gone=mine - server_ids)
             else:  # the level below the depth: known only from the parents' child lists
                 parent_cls = cls.parent_class()
-                assert parent_cls is not None and parent_cls.child_ids_field is not None
-                ids_field = parent_cls.child_ids_field
-                owners = {
-                    child_id: parent.id
-                    for parent in state.tables[parent_cls].values()
-                    for child_id in parent.__dict__[ids_field]
-                }
+                assert parent_cls is not None
+                owners = self._child_owners(parent_cls)
                 parents = {owners[i] for i in set(owners) - server_ids}
                 self._sync(new=server_ids - set(owners), refresh=parents, gone=set())
+
+    def _child_owners(self, parent_cls: type[Resource]) -> dict[str, str]:
+        """Child ID -> parent ID, from the child-ID lists of every resource of ``parent_cls``."""
+        ids_field = parent_cls.child_ids_field
+        assert ids_field is not None
+        return {
+            child_id: parent.id
+            for parent in self.state.tables[parent_cls].values()
+            for child_id in parent.__dict__[ids_field]
+        }
 
     # -- rebuild ----------------------------------------------------------------------------
 
