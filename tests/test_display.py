@@ -1,7 +1,9 @@
-"""HTML and text rendering of resources and forests, and DataFrames of resources.
+"""HTML and text rendering of resources and forests, DataFrames of resources, progress bars.
 
-The first tests build linked models offline (no server) to check escaping, caps and dtypes;
-the others use a real forest of the shared sample server, replayed or live.
+The first tests build linked models offline (no server) to check escaping, caps, labels,
+order and dtypes, and drive progress bars with a fake terminal or a fake Jupyter kernel; the
+others use a real forest of the shared sample server, replayed or live. A real browser and a
+real kernel check the views in tests/test_browser.py and tests/test_notebook.py.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import datetime
 import html
 import io
 import re
+import sys
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -309,6 +312,274 @@ def test_dataframe_without_pandas_says_what_to_install(monkeypatch: pytest.Monke
         frames.to_dataframe([], "patient")
 
 
+# -- the views: labels, order, UIDs, what a sanitizer keeps ----------------------------------------
+
+
+def _patient(pid: str, name: str = "", studies: tuple[str, ...] = ()) -> Patient:
+    return Patient.from_orthanc(
+        {
+            "ID": f"id-{pid or 'empty'}",
+            "MainDicomTags": {"PatientID": pid, "PatientName": name},
+            "Studies": list(studies),
+        }
+    )
+
+
+def test_views_are_scoped_static_html() -> None:
+    forest = make_forest(2, studies=2, series=2, instances=2)
+    views = [display.forest_html(forest)] + [
+        getattr(forest, cls.collection)[0]._repr_html_() for cls in LEVELS
+    ]
+    for text in views:
+        assert text.startswith(f'<div class="{display.CSS_CLASS}">') and text.endswith("</div>")
+        lowered = text.lower()
+        assert "<script" not in lowered and "javascript:" not in lowered
+        assert not re.search(r"\son\w+\s*=", lowered), "an event handler attribute"
+        assert not re.search(r"<[a-z]+[^>]*\sstyle=", lowered), "an inline style attribute"
+        assert text.count("<style>") == 1 and text.count("</style>") == 1
+        css = re.search(r"<style>(.*)</style>", text, flags=re.DOTALL)
+        assert css is not None
+        # every selector of every rule, inside @media too, starts with the root class
+        body = re.sub(r"@media[^{]*\{", "", css.group(1))
+        selectors = [
+            s.strip() for block in re.findall(r"([^{}]+)\{", body) for s in block.split(",")
+        ]
+        assert selectors and all(s.startswith(f".{display.CSS_CLASS}") for s in selectors), (
+            selectors
+        )
+        # theme-aware: JupyterLab variables with fallbacks, no fixed text colour
+        assert "var(--jp-content-font-color1,currentColor)" in text
+        assert "prefers-color-scheme:dark" in text
+        assert not re.search(r"[;{]color:#", css.group(1)), "a fixed text colour"
+        assert text.count("<details") == text.count("</details>")
+
+
+def test_forest_html_sorts_patients_and_names_an_empty_patient_id() -> None:
+    patients = [_patient("P10", "Ten"), _patient("", "NO^ID"), _patient("P2", "Two")]
+    patients += [_patient("p1", "One", ("s",))]
+    forest = SimpleNamespace(patients=patients, studies=[], series=[], instances=[])
+    text = display.forest_html(forest)
+    order = [text.index(name) for name in ("One", "Two", "Ten", "NO^ID")]
+    assert order == sorted(order)
+    assert "(empty PatientID)" in text
+    assert "<i>PatientID</i> <b>P2</b>" in text
+    lines = list(display.tree_lines(forest))
+    assert lines[1:] == [
+        "├── p1  One  (1 study)",
+        "├── P2  Two  (0 studies)",
+        "├── P10  Ten  (0 studies)",
+        "└── (empty PatientID)  NO^ID  (0 studies)",
+    ]
+    assert display.describe(patients[1]) == "(empty PatientID)  NO^ID"
+
+
+def test_tree_lines_label_values() -> None:
+    forest = make_forest(1, studies=1, series=2, instances=1)
+    study = forest.studies[0]
+    study.accession_number = "ACC-7"
+    text = display.forest_html(forest)
+    assert "<i>study</i> 2020-01-01" in text and "<i>accession</i> ACC-7" in text
+    assert "<i>series</i> 1" in text and "<i>series</i> 2" in text
+    assert '<span class="kk-m">CT</span>' in text and '<span class="kk-m">MR</span>' in text
+    assert "<i>instance</i> 1" in text and "<i>born</i> 1980-01-01" in text
+
+
+def test_long_uids_are_shortened_with_the_full_value_in_title() -> None:
+    root = "1.2.826.0.1.3680043.10.1234."
+    assert display.shorten_uid("1.2.3") == "1.2.3"
+    long = root + "20240102030405.987654321"
+    short = display.shorten_uid(long)
+    assert len(short) <= display.UID_WIDTH and short.startswith("1.2.826.") and "…" in short
+    assert long.endswith(short.split("…")[1])
+    # siblings that differ in the middle keep that part
+    siblings = [f"{root}{n}.20240102030405678901234" for n in (1, 2, 3)]
+    shown = {display.shorten_uid(uid, differ=len(root)) for uid in siblings}
+    assert len(shown) == 3
+    series = Series.from_orthanc({"ID": "s", "MainDicomTags": {"SeriesNumber": "1"}})
+    instances = [
+        Instance.from_orthanc(
+            {"ID": f"i{n}", "MainDicomTags": {"SOPInstanceUID": uid, "InstanceNumber": str(n)}}
+        )
+        for n, uid in enumerate(siblings, 1)
+    ]
+    series._link(None, instances)
+    text = series._repr_html_()
+    titles = re.findall(r'<code title="([^"]+)">([^<]+)</code>', text)
+    assert [title for title, _ in titles] == siblings
+    assert len({shown for _, shown in titles}) == 3
+    # the fields table keeps full values
+    assert re.search(r"<th[^>]*>instances</th><td[^>]*>3</td>", text)
+
+
+def test_resource_html_is_a_tree_of_what_is_loaded() -> None:
+    forest = make_forest(1, studies=1, series=2, instances=3)
+    study = forest.studies[0]
+    text = study._repr_html_()
+    assert '<details open><summary><span class="kk-v"><i>study</i> 2020-01-01' in text
+    assert "(2 series, 6 instances)" in text and text.count("(3 instances)") == 2
+    assert '<div class="kk-path"><i>in</i> <span class="kk-v"><i>PatientID</i> <b>P0000</b>' in text
+    # a study fetched alone: its patient from the tags Orthanc repeats, its series a count
+    alone = Study.from_orthanc(
+        {
+            "ID": "st",
+            "ParentPatient": "pa",
+            "MainDicomTags": {"StudyDate": "20200101", "AccessionNumber": "A1"},
+            "PatientMainDicomTags": {"PatientID": "P9", "PatientName": "Doe^Jane"},
+            "Series": ["a", "b"],
+        }
+    )
+    text = alone._repr_html_()
+    assert "<b>P9</b>" in text and "Doe^Jane" in text and "(2 series)" in text
+    assert "series not loaded" in text and "<details open><summary>" not in text
+    instance = forest.instances[0]
+    text = instance._repr_html_()
+    path = re.search(r'<div class="kk-path">(.*?)</div>', text)
+    assert path is not None
+    assert all(piece in path.group(1) for piece in ("P0000", "2020-01-01", "<i>series</i> 1"))
+
+
+# -- DataFrames: the patient on every row, empty selections ------------------------------------
+
+
+def test_study_frames_carry_the_patient_name_and_id() -> None:
+    forest = make_forest(2, studies=2, series=1, instances=1)
+    studies = frames.to_dataframe(forest, "study")
+    assert studies["patient_name"].tolist() == ["Name^0", "Name^0", "Name^1", "Name^1"]
+    assert studies["patient_id"].tolist() == ["P0000", "P0000", "P0001", "P0001"]
+    for level in ("series", "instance"):
+        below = frames.to_dataframe(forest, level)
+        assert below["patient_name"].notna().all() and "patient_name" in frames.column_names(level)
+    # a study from a find (no linked patient): read from the tags repeated on the study
+    found = Study.from_orthanc(
+        {
+            "ID": "st",
+            "ParentPatient": "pa",
+            "MainDicomTags": {"StudyDate": "20200101"},
+            "PatientMainDicomTags": {"PatientID": "P9", "PatientName": "Doe^Jane"},
+        }
+    )
+    frame = frames.to_dataframe([found])
+    assert frame["patient_name"].tolist() == ["Doe^Jane"]
+    assert frame["patient_name"].iloc[0].family == "Doe"
+    assert frame["patient_id"].tolist() == ["P9"]
+
+
+@pytest.mark.parametrize("level", [cls.level.lower() for cls in LEVELS])
+def test_an_empty_selection_gives_typed_columns(level: str) -> None:
+    full = frames.to_dataframe(make_forest(1), level)
+    empty_forest = SimpleNamespace(patients=[], studies=[], series=[], instances=[])
+    for empty in (frames.to_dataframe([], level), frames.to_dataframe(empty_forest, level)):
+        assert len(empty) == 0
+        assert list(empty.columns) == list(full.columns) == frames.column_names(level)
+        assert empty.dtypes.to_dict() == full.dtypes.to_dict()
+
+
+# -- progress bars -------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _fake_jupyter(monkeypatch: pytest.MonkeyPatch, *, widgets: bool) -> None:
+    shell = SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", SimpleNamespace(get_ipython=lambda: shell))
+    if not widgets:
+        monkeypatch.setitem(sys.modules, "ipywidgets", None)
+
+
+def test_progress_auto_shows_a_bar_only_where_someone_watches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kkorthanc.transfer import progress
+
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file, a pipe, CI
+    assert progress.wants_bar("auto") is False and progress.wants_bar(None) is False
+    assert progress.wants_bar(True) is True and progress.wants_bar(False) is False
+    with pytest.raises(ValueError, match="'auto'"):
+        progress.wants_bar("yes")  # type: ignore[arg-type]
+    bar = progress._progress_bar("auto", None, "upload", "file")
+    bar.update(3)
+    bar.close()
+    assert sys.stderr.getvalue() == ""
+    forced = progress._progress_bar(True, 2, "upload", "file")  # True asks for it anyway
+    forced.update(2)
+    forced.close()
+    assert "upload: 100%" in sys.stderr.getvalue()
+
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert progress.wants_bar("auto") is True
+    bar = progress._progress_bar("auto", 4, "export", "file")
+    bar.update(4)
+    bar.close()
+    assert "export: 100%" in sys.stderr.getvalue()
+
+
+def test_progress_in_jupyter_without_ipywidgets_is_a_text_bar_without_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    from kkorthanc.transfer import progress
+
+    _fake_jupyter(monkeypatch, widgets=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a kernel's stderr is no terminal
+    assert progress.wants_bar("auto") is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm.auto would warn "IProgress not found"
+        bar = progress._progress_bar("auto", 3, "upload", "file")
+        for _ in range(3):
+            bar.update(1)
+        bar.close()
+    out = sys.stderr.getvalue()
+    assert "upload: 100%" in out and "3/3" in out and "IProgress" not in out
+
+
+def test_progress_never_moves_backwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kkorthanc.transfer import progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    bar = progress._progress_bar(True, None, "upload", "file")
+    bar.update(5)
+    bar.total = 10  # learnt: 50 %
+    bar.refresh()
+    bar.update(3)  # 80 %
+    bar.refresh()
+    bar.total = 20  # 40 % would be a step back: count without a total
+    assert bar.total is None
+    bar.refresh()
+    bar.update(-2)  # ignored
+    bar.update(2)
+    bar.total = 4  # below what is done: the count is the total
+    assert bar.total == 10 and bar.n == 10
+    bar.refresh()
+    bar.update(1)  # more than announced: stays at 100 %
+    assert bar.total == 11
+    bar.close()
+    shown = [int(p) for p in re.findall(r"(\d+)%", sys.stderr.getvalue())]
+    assert shown and shown == sorted(shown) and shown[-1] == 100, shown
+
+
+def test_progress_without_tqdm_warns_only_when_a_bar_would_show(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    from kkorthanc.transfer import progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    monkeypatch.setattr(progress, "_warned_tqdm", False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        progress._progress_bar("auto", None, "upload", "file").update(1)
+    with pytest.warns(UserWarning, match=r"kkorthanc\[progress\]"):
+        progress._progress_bar(True, None, "upload", "file").update(1)
+
+
 # -- a real forest -------------------------------------------------------------------------------
 
 
@@ -358,6 +629,9 @@ def test_dataframes_of_the_sample_cost_nothing(forest: Any, client: Orthanc) -> 
     patients = frames.to_dataframe(forest.patients)
     assert client.request_count == before
     assert len(series) == 16 and len(instances) == 48 and len(patients) == 4
+    studies = forest.to_dataframe("study")
+    assert set(studies["patient_name"].map(str)) == {str(p.patient_name) for p in forest.patients}
+    assert studies["patient_id"].notna().all() and series["patient_name"].notna().all()
     assert series["patient_id"].notna().all()
     assert instances["series_instance_uid"].notna().all()
     assert str(patients["patient_birth_date"].dtype).startswith("datetime64")
