@@ -244,7 +244,6 @@ class ForestStoreError(OrthancError):
         self.expected = expected
 
 
-
 class PaddedIdentifier(AmbiguousIdentifier):
     """Resources whose identifiers differ only by surrounding spaces (``"id11111"`` and
     ``" id11111"``): Orthanc keeps them apart (two patients), so a lookup by the identifier
