@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Orthanc 1.12.3, built beside the project (see ../shared/orthanc-1.12.3/README.md)
 ORTHANC_112 ?= $(abspath $(firstword $(wildcard ../shared/orthanc-1.12.3/Orthanc /work/shared/orthanc-1.12.3/Orthanc)))
-DEBIAN_PACKAGES := orthanc dcmtk libprotobuf32 postgresql orthanc-postgresql
+# chromium (and a CJK font) for the browser test of the notebook views
+DEBIAN_PACKAGES := orthanc dcmtk libprotobuf32 postgresql orthanc-postgresql chromium fonts-droid-fallback
 
 .PHONY: demo test test-replay test-live test-live-112 test-live-postgresql record lint bench orthanc clean
 
@@ -51,6 +52,7 @@ orthanc:
 	@{ test -x /usr/sbin/Orthanc && command -v storescu >/dev/null && \
 	   test -f /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so && \
 	   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
+	   test -x /usr/bin/chromium && \
 	   ldconfig -p | grep -q libprotobuf.so.32; } || { \
 	  echo "installing Debian's $(DEBIAN_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
