@@ -354,6 +354,26 @@ def build_matcher(
 
         return list_ci
 
+    if kind == "wildcard":
+        (pattern,) = values
+        like = _like(ik(pattern), ignore_ascii_case=index_sql == "sqlite")
+        regex = _byte_regex(ek(pattern), case_sensitive)
+        like_match, regex_match = like.fullmatch, regex.fullmatch
+        seen: dict[str, bool] = {}  # stored values repeat (a patient's name on each study)
+
+        def wildcard(value: str | None) -> bool:
+            if value is None:
+                return False
+            known = seen.get(value)
+            if known is None:
+                known = seen[value] = (
+                    regex_match(ek(value).encode("utf-8")) is not None
+                    and like_match(ik(value)) is not None
+                )
+            return known
+
+        return wildcard
+
     index_stage, exact_stage = build_stages(keyword, kind, values, case_sensitive, index_sql)
 
     def both(value: str | None) -> bool:
