@@ -221,8 +221,7 @@ def test_reopening_costs_no_listing(client: Orthanc, tmp_path: Path) -> None:
     assert isinstance(first, StoredForest) and first.build_reason is not None
     assert build_patient_forest(client, store=path) is first
     assert client.request_count - before == 6
-    first.close()
-    build_patient_forest.cache_clear()
+    first.close()  # the cache opens a closed forest's file again
 
     before = client.request_count
     forest = build_patient_forest(client, store=path)

@@ -118,7 +118,8 @@ class ForestCache:
                     return cached
                 with self._lock:
                     stale = self._cache.get(key)
-                if stale is not None:  # written to since it was built: catch up
+                # written to since it was built: catch up
+                if stale is not None and not getattr(stale[0], "closed", False):
                     stale[0].update()
                     with self._lock:
                         self._hits += 1
@@ -138,7 +139,7 @@ class ForestCache:
         """The cached forest if it has seen every write up to ``epoch``."""
         with self._lock:
             found = self._cache.get(key)
-            if found is None or found[1] != epoch:
+            if found is None or found[1] != epoch or getattr(found[0], "closed", False):
                 return None
             self._hits += 1
             return found[0]

@@ -148,6 +148,7 @@ class StoredForest(PatientForest):
         path: the file.
         build_reason: why :func:`open_forest` listed the server into the file (``None``
             when the file was reopened).
+        closed: whether :meth:`close` was called.
     """
 
     def __init__(self, client: Server, depth: Depth, page_size: int, state: _StoredState) -> None:
@@ -159,6 +160,7 @@ class StoredForest(PatientForest):
         self._instances = _StoredLevelView(self, Instance)
         self.path = state.file.path
         self.build_reason: str | None = None
+        self.closed = False
 
     @property
     def _stored(self) -> _StoredState:
@@ -193,9 +195,11 @@ class StoredForest(PatientForest):
         return self._stored.memory_size()
 
     def close(self) -> None:
-        """Close the file; the forest cannot be used afterwards."""
+        """Close the file; the forest cannot be used afterwards (the cache of
+        :func:`build_patient_forest` then opens the file again)."""
         with self._lock:
             self._stored.file.close()
+            self.closed = True
 
     def __enter__(self) -> StoredForest:
         return self
