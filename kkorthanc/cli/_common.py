@@ -64,14 +64,30 @@ def snake(key: str) -> str:
     return _WORD_START.sub("_", key).lower()
 
 
-def snake_keys(data: Mapping[str, Any], *, deep: bool = False) -> dict[str, Any]:
-    """``data`` with snake_case keys (and those of nested mappings with ``deep``)."""
-    return {
-        snake(str(key)): snake_keys(value, deep=True)
-        if deep and isinstance(value, Mapping)
-        else value
-        for key, value in data.items()
+#: mappings whose keys are data (DICOM keywords, level names, configured metadata names),
+#: kept as the server wrote them
+DATA_KEYED = frozenset(
+    {
+        "main_dicom_tags",
+        "patient_main_dicom_tags",
+        "requested_tags",
+        "tags",
+        "user_metadata",
+        "user_content_type",
     }
+)
+
+
+def snake_keys(data: Mapping[str, Any], *, deep: bool = False) -> dict[str, Any]:
+    """``data`` with snake_case keys, and with ``deep`` those of nested mappings too, except
+    mappings keyed by data (:data:`DATA_KEYED`)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = snake(str(key))
+        if deep and isinstance(value, Mapping) and name not in DATA_KEYED:
+            value = snake_keys(value, deep=True)
+        out[name] = value
+    return out
 
 
 def resource_json(resource: Resource, *, children: bool = True) -> dict[str, Any]:
