@@ -2,22 +2,25 @@
 
 It owns the session (connection pool, authentication, timeouts), retries requests that are
 safe to repeat, maps error statuses to exceptions, pages through listings and counts every
-request it sends, so that tests can assert how many round trips an operation costs.
+request it sends, so that tests can assert how many round trips an operation costs. What it
+refuses and bounds (deadlines, credentials, redirects, answer sizes) is decided in
+:mod:`kkorthanc._limits`; this module applies it to both HTTP paths, the pooled session and
+the upload channels.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pydantic_core
 import requests
@@ -25,12 +28,29 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.wait import wait_for_read
 
-from .errors import (
-    OrthancConnectionError,
-    OrthancHTTPError,
-    OrthancTimeout,
-    error_class_for,
+from ._limits import (
+    PIECE,
+    Watch,
+    _BrokenBody,
+    _ConnectFailed,
+    authorization,
+    collect,
+    connection_error,
+    current_watch,
+    decode_json,
+    error_body,
+    http_error,
+    kind_of,
+    never_sent,
+    pair,
+    pieces,
+    read_limited,
+    redirect_target,
+    split_credentials,
+    too_large,
+    watching,
 )
+from .errors import OrthancConnectionError
 
 Timeout = float | tuple[float, float]
 _R = TypeVar("_R")
@@ -63,20 +83,12 @@ class Reply(NamedTuple):
         """The body decoded as JSON, ``None`` when empty.
 
         Raises:
-            OrthancConnectionError: the body is not JSON.
+            OrthancConnectionError: the body is not JSON (the message names the request).
         """
         if not self.content:
             return None
-        try:
-            return json.loads(self.content)
-        except ValueError as exc:
-            raise OrthancConnectionError(
-                f"{self.method} {self.path}: the server's answer is not JSON"
-            ) from exc
-
-
-class _BrokenBody(Exception):
-    """The connection broke while an answer's body was being read."""
+        kind = self.headers.get("Content-Type")
+        return decode_json(self.content, self.method, self.path, content_type=kind)
 
 
 Params = Mapping[str, str | int | float | bool | None]
@@ -90,34 +102,99 @@ FILE_STORAGE_CANNOT_WRITE = 2001
 #: methods that are safe to repeat; POST /instances is added by path (Orthanc de-duplicates)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 120.0)
+#: the largest answer read into memory by default (decoded size)
+DEFAULT_MAX_ANSWER_BYTES = 256 << 20
+#: at most this much of an error answer's body is read: its message is all that is shown
+ERROR_BODY_LIMIT = 1 << 20
+#: what the HTTP layers raise for a request that got no (complete) answer
+_ERRORS: tuple[type[Exception], ...] = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
 
 
-def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
-    """Remove ``user:password@`` from a URL; return the clean URL and the credentials."""
-    parts = urlsplit(url)
-    if parts.username is None:
-        return url.rstrip("/"), None
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return clean.rstrip("/"), (parts.username, parts.password or "")
+class _WatchedPool(urllib3.HTTPConnectionPool):
+    """A pool that tells the calling thread's watch the socket its attempt uses: a kept-alive
+    one when the connection is handed out, a new one when it has connected."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        watch = current_watch()
+        if watch is not None:
+            watch.sock = getattr(conn, "sock", None)
+        return conn
+
+    def _new_conn(self) -> Any:
+        conn = super()._new_conn()
+        connect = conn.connect
+
+        def connect_and_tell() -> None:
+            connect()
+            watch = current_watch()
+            if watch is not None:
+                watch.sock = getattr(conn, "sock", None)
+
+        conn.connect = connect_and_tell  # type: ignore[method-assign]
+        return conn
+
+
+class _WatchedHTTPSPool(_WatchedPool, urllib3.HTTPSConnectionPool):
+    pass
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+class _HeaderOnly(requests.auth.AuthBase):
+    """The auth of every request: nothing, so that requests never encodes ``session.auth``
+    (as latin-1); the ``Authorization`` header is the transport's own, built once."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+_HEADER_ONLY = _HeaderOnly()
 
 
 class Transport:
     """One pooled HTTP session to one Orthanc server.
 
     Args:
-        base_url: server URL; ``user:password@`` in it is moved into the credentials.
-        auth: HTTP basic credentials ``(user, password)``.
-        token: a bearer token, sent as ``Authorization: Bearer ...``.
-        timeout: seconds, or ``(connect, read)`` seconds.
+        base_url: server URL; ``user:password@`` in it (percent-encoded) is moved into the
+            credentials.
+        auth: HTTP basic credentials ``(user, password)``, sent encoded as UTF-8 (as Orthanc
+            compares them) on every path.
+        token: a bearer token, sent as ``Authorization: Bearer ...`` (instead of ``auth``
+            when both are given).
+        timeout: seconds, or ``(connect, read)`` seconds: how long connecting may take, and
+            how long any one read may wait for the next bytes.
         retries: how many times a request that is safe to repeat is sent again after a
             connection failure, a 502/503/504 answer, or a storage file Orthanc could not
             write (500 with ``FileStorageCannotWrite``).
         backoff: first delay between retries in seconds; doubles each time.
         verify: TLS certificate verification, as in :mod:`requests`.
+        deadline: seconds a whole call may take: connecting, sending, the answer's headers
+            and its body, retries and their pauses included (a server that trickles its
+            answer byte by byte is cut off when it passes, with :class:`OrthancTimeout`).
+            By default the connect and read timeouts added up, and at least 30 s. A
+            request given a longer ``timeout`` of its own gets that long. Downloads are
+            bounded differently, see :meth:`download`.
+        max_answer_bytes: the largest answer (decoded, e.g. after gzip) that is read into
+            memory, 256 MiB by default; a larger one raises :class:`OrthancConnectionError`
+            as soon as the limit is passed, without reading the rest. Downloads streamed to
+            a sink have no size limit.
+
+    Raises:
+        InvalidRequest: a credential cannot be sent (a control character, ``:`` in the user
+            name, ...); the message names which one and why, never its value.
     """
 
     def __init__(
@@ -131,13 +208,22 @@ class Transport:
         backoff: float = 0.2,
         verify: bool | str = True,
         pool_size: int = 16,
+        deadline: float | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         clean, url_auth = split_credentials(base_url)
         parts = urlsplit(clean)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) server URL: {clean!r}")
-        self.base_url = clean
+            shown = re.sub(r"^([^/]*//)?[^/]*@", r"\1...@", clean)  # never a password
+            raise ValueError(f"not an http(s) server URL: {shown!r}")
         auth = auth or url_auth
+        header = authorization(auth, token)
+        connect, read = pair(timeout)
+        self.deadline = float(deadline) if deadline is not None else max(30.0, connect + read)
+        if not self.deadline > 0 or max_answer_bytes < 1:
+            raise ValueError("deadline and max_answer_bytes must be positive")
+        self.max_answer_bytes = max_answer_bytes
+        self.base_url = clean
         self.username: str | None = auth[0] if auth else None
         self.timeout = timeout
         self.retries = max(0, retries)
@@ -145,19 +231,18 @@ class Transport:
         self.session = requests.Session()
         self.session.verify = verify
         self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        adapter = _Adapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # the pair stays readable here, but requests never encodes it: every request passes
+        # an auth of its own that leaves the transport's header alone (see _HEADER_ONLY)
+        self.session.auth = (auth[0], auth[1]) if auth else None
         # headers of the upload channels, which bypass the session's own handling
         self._fast_headers: dict[str, str] = {"Accept": "application/json"}
         self._base_path = parts.path.rstrip("/")
-        if auth is not None:
-            self.session.auth = auth
-            pair = f"{auth[0]}:{auth[1]}".encode()
-            self._fast_headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        if token is not None:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-            self._fast_headers["Authorization"] = f"Bearer {token}"
+        if header is not None:
+            self.session.headers["Authorization"] = header
+            self._fast_headers["Authorization"] = header
         self._lock = threading.Lock()
         self._count = 0
         material = repr((auth, token))
@@ -168,8 +253,12 @@ class Transport:
 
     @property
     def request_count(self) -> int:
-        """Number of HTTP requests sent so far, retries included."""
+        """Number of HTTP requests sent so far, retries and followed redirects included."""
         return self._count
+
+    def _counted(self) -> None:
+        with self._lock:
+            self._count += 1
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -178,6 +267,17 @@ class Transport:
     def url_for(self, path: str) -> str:
         """The full URL of a server path (``/patients``)."""
         return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def _call_watch(self, timeout: Timeout | None = None) -> Watch:
+        """The deadline of one call: the transport's, or longer for a longer ``timeout``."""
+        seconds = self.deadline if timeout is None else max(self.deadline, sum(pair(timeout)))
+        return Watch(seconds, f"the deadline of {seconds:g} s for the whole call")
+
+    def _attempt_timeout(self, timeout: Timeout | None, watch: Watch) -> tuple[float, float]:
+        """One attempt's ``(connect, read)`` timeouts, never beyond the call's deadline."""
+        connect, read = pair(timeout if timeout is not None else self.timeout)
+        left = max(watch.left(), 0.01)
+        return min(connect, left), min(read, left)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -197,24 +297,39 @@ class Transport:
 
         ``repeatable`` says whether the request may be sent again after a dropped connection
         or a 502/503/504 (or 500 ``FileStorageCannotWrite``); by default GET-like methods and
-        ``POST /instances`` are.
+        ``POST /instances`` are. The call, retries included, ends by the transport's
+        ``deadline``; its answer may be at most ``max_answer_bytes`` long.
         """
         method = method.upper()
-        response = self._send(
-            method,
-            path,
-            params=params,
-            json_body=json_body,
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            repeatable=repeatable,
-        )
-        try:
-            content = response.content
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise _transport_error(method, path, self.base_url, exc) from exc
+        watch = self._call_watch(timeout)
+        with watching(watch):
+            response = self._send(
+                method,
+                path,
+                watch,
+                params=params,
+                json_body=json_body,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                repeatable=repeatable,
+            )
+            try:
+                content = self._read(response, method, path)
+            except _ERRORS as exc:
+                raise connection_error(method, path, self.base_url, exc, watch) from exc
+            finally:
+                response.close()
+            if watch.fired:  # a body that ends when the connection does was cut short
+                raise watch.expired(method, path, self.base_url)
         return Reply(method, path, response.status_code, response.headers, content)
+
+    def _read(self, response: requests.Response, method: str, path: str) -> bytes:
+        """The whole (decoded) body, refused as soon as it passes ``max_answer_bytes``."""
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_answer_bytes:
+            raise too_large(method, path, self.max_answer_bytes, f"Content-Length {length}")
+        return collect(response.iter_content(PIECE), self.max_answer_bytes, method, path)
 
     def download(
         self,
@@ -231,75 +346,104 @@ class Transport:
         iterator raises, ``sink`` is expected to clean up what it wrote and let the error
         pass, and the request is sent again (with the backoff, up to ``retries`` times) to
         a fresh call of ``sink``. Errors that ``sink`` raises itself (a full disk) are not
-        retried. ``long`` allows up to an hour for the first byte (archives are built
-        before they are sent).
+        retried.
+
+        A download is not bounded by the call deadline, which would cut a large file that
+        flows well: the answer's headers must come within the deadline (``long``: within
+        an hour, for archives that are built before they are sent), and then every 64 KiB
+        of the body within the read timeout (the stall limit; at least 64 KiB per 120 s
+        with the default timeout, about 0.5 KB/s). Either limit passing raises
+        :class:`OrthancTimeout`, which is not retried.
         """
         method = method.upper()
-        timeout: Timeout | None = None
-        if long:
-            connect = self.timeout[0] if isinstance(self.timeout, tuple) else self.timeout
-            timeout = (connect, 3600.0)
+        connect, read = pair(self.timeout)
+        timeout: Timeout | None = (connect, 3600.0) if long else None
+        first_byte = connect + 3600.0 if long else self.deadline
         attempt = 0
         while True:
-            response = self._send(
-                method,
-                path,
-                json_body=json_body,
-                stream=True,
-                timeout=timeout,
-                repeatable=True,
-            )
-            try:
-                return sink(_body_chunks(response))
-            except _BrokenBody as broken:
-                exc = broken.__cause__ or broken
-                if attempt >= self.retries:
-                    raise OrthancConnectionError(
-                        f"{method} {path}: the connection broke during the download ({exc})"
-                    ) from exc
-                attempt += 1
-                self.pause_before_retry(attempt)
-            finally:
-                response.close()
+            watch = Watch(first_byte, f"the download's time to first byte ({first_byte:g} s)")
+            with watching(watch):
+                response = self._send(
+                    method, path, watch, json_body=json_body, timeout=timeout, repeatable=True
+                )
+                try:
+                    return sink(pieces(response, watch, read, _ERRORS))
+                except _BrokenBody as broken:
+                    exc = broken.__cause__ or broken
+                    if watch.fired:
+                        raise watch.expired(method, path, self.base_url) from exc
+                    if attempt >= self.retries:
+                        raise OrthancConnectionError(
+                            f"{method} {path}: the connection broke during the download ({exc})"
+                        ) from exc
+                finally:
+                    response.close()
+            attempt += 1
+            self.pause_before_retry(attempt)
 
     def _send(
         self,
         method: str,
         path: str,
+        watch: Watch,
         *,
         params: Params | None = None,
         json_body: Any = None,
         data: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
-        stream: bool = False,
         timeout: Timeout | None = None,
         repeatable: bool | None = None,
     ) -> requests.Response:
+        """Send until answered (an answer with its headers read, its body not yet)."""
         url = self.url_for(path)
         body: bytes | str | None = data
         if json_body is not None:
             body = json.dumps(json_body)
 
         def send() -> requests.Response:
-            return self.session.request(
-                method,
-                url,
-                params=_clean_params(params),
-                data=body,
-                headers=dict(headers) if headers else None,
-                stream=stream,
-                timeout=timeout if timeout is not None else self.timeout,
-            )
+            target, query, hops = url, _clean_params(params), 0
+            while True:
+                watch.stage = "the answer's headers"
+                response = self.session.request(
+                    method,
+                    target,
+                    params=query,
+                    data=body,
+                    headers=dict(headers) if headers else None,
+                    stream=True,
+                    timeout=self._attempt_timeout(timeout, watch),
+                    allow_redirects=False,
+                    auth=_HEADER_ONLY,
+                )
+                watch.stage = "the answer's body"
+                if not 300 <= response.status_code < 400:
+                    return response
+                error_body(response, ERROR_BODY_LIMIT, _ERRORS)
+                response.close()
+                location = response.headers.get("Location")
+                target = redirect_target(
+                    method, path, response.url, response.status_code, location, self.base_url, hops
+                )
+                query, hops = None, hops + 1
+                self._counted()
 
         def answer(response: requests.Response) -> _Answer:
+            cached: list[bytes] = []
+
+            def content() -> bytes:
+                if not cached:
+                    cached.append(error_body(response, ERROR_BODY_LIMIT, _ERRORS))
+                return cached[0]
+
+            def close() -> None:
+                content()  # read to the end, so that the connection goes back to the pool
+                response.close()
+
             return _Answer(
-                response.status_code,
-                response.headers.get("Retry-After"),
-                lambda: response.content,
-                response.close,
+                response.status_code, response.headers.get("Retry-After"), content, close
             )
 
-        return self._retrying(method, path, repeatable, send, answer)
+        return self._retrying(method, path, repeatable, send, answer, watch)
 
     def channel(self) -> BinaryChannel:
         """A connection of its own for one thread's stream of binary uploads.
@@ -315,12 +459,11 @@ class Transport:
         repeatable: bool | None,
         send: Callable[[], _R],
         answer: Callable[[_R], _Answer],
-        errors: tuple[type[Exception], ...] = (
-            requests.exceptions.RequestException,
-            urllib3.exceptions.HTTPError,
-        ),
+        watch: Watch,
+        errors: tuple[type[Exception], ...] = _ERRORS,
     ) -> _R:
-        """Send until answered, retrying what is safe to retry; map error statuses.
+        """Send until answered, retrying what is safe to retry, within ``watch``'s deadline
+        (no retry is started that could not end by then); map error statuses.
 
         ``errors`` are the HTTP layer's exceptions for a request that got no answer.
         """
@@ -330,24 +473,38 @@ class Transport:
             )
         attempt = 0
         while True:
-            with self._lock:
-                self._count += 1
+            self._counted()
             try:
                 response = send()
             except errors as exc:
-                if attempt < self.retries and (repeatable or _never_sent(exc)):
+                if (
+                    attempt < self.retries
+                    and (repeatable or never_sent(exc))
+                    and not watch.fired
+                    and self._retry_delay(attempt + 1) < watch.left()
+                ):
                     attempt += 1
                     self.pause_before_retry(attempt)
                     continue
-                raise _transport_error(method, path, self.base_url, exc) from exc
+                raise connection_error(method, path, self.base_url, exc, watch) from exc
             info = answer(response)
-            if repeatable and attempt < self.retries and _asks_to_retry(info):
+            if watch.fired:  # headers that end when the connection does were cut short
+                info.close()
+                raise watch.expired(method, path, self.base_url)
+            if (
+                repeatable
+                and attempt < self.retries
+                and _asks_to_retry(info)
+                and self._retry_delay(attempt + 1, info.retry_after) < watch.left()
+            ):
                 info.close()
                 attempt += 1
                 self.pause_before_retry(attempt, info.retry_after)
                 continue
             if info.status >= 400:
-                raise _http_error(method, self.url_for(path), info.status, info.content())
+                content = info.content()
+                info.close()
+                raise http_error(method, self.url_for(path), info.status, content)
             return response
 
     def get_json(self, path: str, params: Params | None = None) -> Any:
@@ -435,21 +592,22 @@ class Transport:
         (tag values, parent IDs) come out as one shared object, which halves a page's memory.
         """
         response = self.request("GET", path, params={**params, "since": since, "limit": limit})
-        try:
-            page = pydantic_core.from_json(response.content)
-        except ValueError as exc:
-            raise OrthancConnectionError(f"GET {path}: the server's answer is not JSON") from exc
+        kind = response.headers.get("Content-Type")
+        page = decode_json(response.content, "GET", path, pydantic_core.from_json, kind)
         if not isinstance(page, list):
-            raise OrthancConnectionError(f"GET {path}: expected a JSON list")
+            raise OrthancConnectionError(f"GET {path}: expected a JSON list, got {kind_of(page)}")
         return page
 
     def pause_before_retry(self, attempt: int, retry_after: str | None = None) -> None:
         """Wait before sending attempt ``attempt`` (1 for the first retry) again: the
         backoff doubles each time, ``Retry-After`` is honoured up to 10 s."""
-        delay = self.backoff * (2 ** (attempt - 1))
+        time.sleep(self._retry_delay(attempt, retry_after))
+
+    def _retry_delay(self, attempt: int, retry_after: str | None = None) -> float:
+        delay = self.backoff * 2.0 ** (attempt - 1)
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 10.0))
-        time.sleep(min(delay, 10.0))
+        return min(delay, 10.0)
 
 
 class BinaryChannel:
@@ -459,9 +617,10 @@ class BinaryChannel:
     request matters: it competes with the server for the same cores when both run on one
     machine. A plain :class:`http.client.HTTPConnection` that the thread keeps for itself
     costs about a third less CPU per request than the session's pooled path (no pool
-    checkout, no second response object, no cookie or hook handling). Retries, error mapping
-    and request counting are the transport's. HTTPS uploads go through
-    :meth:`Transport.request`, where the session's TLS settings live.
+    checkout, no second response object, no cookie or hook handling). Retries, error mapping,
+    request counting, the call deadline, the answer limit and the redirect rules are the
+    transport's. HTTPS uploads go through :meth:`Transport.request`, where the session's TLS
+    settings live.
 
     Not thread-safe: give each worker thread its own channel, and close it when done.
     """
@@ -472,10 +631,8 @@ class BinaryChannel:
         self._plain = parts.scheme == "http"
         self._host = parts.hostname or ""
         self._port = parts.port or 80
-        timeout = transport.timeout
-        self._connect_timeout, self._read_timeout = (
-            timeout if isinstance(timeout, tuple) else (timeout, timeout)
-        )
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._connect_timeout, self._read_timeout = pair(transport.timeout)
         self._conn: http.client.HTTPConnection | None = None
 
     def send(
@@ -498,15 +655,38 @@ class BinaryChannel:
                 headers={"Content-Type": content_type},
                 repeatable=repeatable,
             ).content
-        target = transport._base_path + path
         headers = {**transport._fast_headers, "Content-Type": content_type}
+        limit = transport.max_answer_bytes
+        watch = transport._call_watch()
 
         def send() -> tuple[int, str | None, bytes]:
-            conn = self._connection()
+            target, hops = transport._base_path + path, 0
             try:
-                conn.request(method, target, body=body, headers=headers)
-                response = conn.getresponse()
-                return response.status, response.getheader("Retry-After"), response.read()
+                while True:
+                    conn = self._connection(watch)
+                    watch.stage = "the answer's headers"
+                    conn.request(method, target, body=body, headers=headers)
+                    response = conn.getresponse()
+                    watch.stage = "the answer's body"
+                    status = response.status
+                    if status < 300:
+                        return status, None, read_limited(response, limit, method, path)
+                    content = response.read(ERROR_BODY_LIMIT)
+                    if not response.isclosed():
+                        self.close()  # the rest of a huge error body is not read
+                    if status >= 400:
+                        return status, response.getheader("Retry-After"), content
+                    self.close()
+                    url = self._origin + target
+                    location = response.getheader("Location")
+                    parts = urlsplit(
+                        redirect_target(
+                            method, path, url, status, location, transport.base_url, hops
+                        )
+                    )
+                    target = parts.path + (f"?{parts.query}" if parts.query else "")
+                    hops += 1
+                    transport._counted()
             except BaseException:
                 self.close()  # a half-used connection is never reused
                 raise
@@ -514,13 +694,13 @@ class BinaryChannel:
         def answer(reply: tuple[int, str | None, bytes]) -> _Answer:
             return _Answer(reply[0], reply[1], lambda: reply[2], _nothing)
 
-        status_and_body = transport._retrying(
-            method, path, repeatable, send, answer, (OSError, http.client.HTTPException)
-        )
+        with watching(watch):
+            status_and_body = transport._retrying(method, path, repeatable, send, answer, watch)
         return status_and_body[2]
 
-    def _connection(self) -> http.client.HTTPConnection:
-        """The open connection, or a new one when there is none or the server closed it."""
+    def _connection(self, watch: Watch) -> http.client.HTTPConnection:
+        """The open connection, or a new one when there is none or the server closed it;
+        its timeouts never reach beyond ``watch``'s deadline."""
         conn = self._conn
         if conn is not None and _closed_by_peer(conn.sock):
             self.close()
@@ -531,12 +711,19 @@ class BinaryChannel:
                 self._host, self._port, timeout=self._connect_timeout
             )
             self._conn = conn
+        left = max(watch.left(), 0.01)
         if conn.sock is None:
-            conn.connect()
+            conn.timeout = min(self._connect_timeout, left)
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise _ConnectFailed(str(exc)) from exc
             sock = conn.sock
             if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(self._read_timeout)
+        sock = watch.sock = conn.sock
+        if isinstance(sock, socket.socket):
+            sock.settimeout(min(self._read_timeout, left))
         return conn
 
     def close(self) -> None:
@@ -562,7 +749,7 @@ def _asks_to_retry(info: _Answer) -> bool:
         return False
     try:
         body = json.loads(info.content())
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(body, dict) and body.get("OrthancStatus") == FILE_STORAGE_CANNOT_WRITE
 
@@ -593,54 +780,3 @@ def _clean_params(params: Params | None) -> dict[str, str] | None:
         else:
             out[key] = str(value)
     return out
-
-
-def _body_chunks(response: requests.Response) -> Iterator[bytes]:
-    """The body in chunks of 1 MiB; a connection broken mid-body raises :class:`_BrokenBody`."""
-    try:
-        yield from response.iter_content(1 << 20)
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _BrokenBody() from exc
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """True when the request cannot have reached the server (connection refused, etc.)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if type(current).__name__ in ("NewConnectionError", "ConnectionRefusedError"):
-            return True
-        nested = current.args[0] if current.args else None
-        reason = getattr(current, "reason", None)
-        candidates = [c for c in (reason, nested) if isinstance(c, BaseException)]
-        current = candidates[0] if candidates else current.__cause__ or current.__context__
-    return False
-
-
-def _transport_error(
-    method: str, path: str, base_url: str, exc: Exception
-) -> OrthancConnectionError:
-    timed_out = isinstance(
-        exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
-    )
-    # urllib3 files a refused connection under its timeouts
-    if timed_out and not isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return OrthancTimeout(f"{method} {path}: no answer from {base_url} in time ({exc})")
-    return OrthancConnectionError(f"{method} {path}: cannot reach {base_url} ({exc})")
-
-
-def _http_error(method: str, url: str, status: int, content: bytes) -> OrthancHTTPError:
-    body: dict[str, Any] | None = None
-    text = ""
-    try:
-        decoded = json.loads(content) if content else None
-        if isinstance(decoded, dict):
-            body = decoded
-        elif content:
-            text = content.decode("utf-8", "replace")
-    except ValueError:
-        text = content.decode("utf-8", "replace")
-    return error_class_for(status)(status, method, url, body, text)

@@ -11,6 +11,9 @@ connections are piped through untouched. Faults:
   body before closing (a connection lost in the middle of a download).
 - ``"storage"``: read the request and answer 500 with the error body Orthanc sends when it
   cannot write to its storage folder, then close.
+- ``"stall"``: read the request and answer nothing; close when the client does (or after
+  10 s).
+- ``"reset"``: read the request, then reset the connection (RST) without answering.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import threading
 from collections import deque
 
@@ -110,6 +114,16 @@ class FaultyProxy:
             if fault == "storage":
                 read_message(conn)
                 conn.sendall(STORAGE_ERROR)
+                return
+            if fault == "stall":
+                read_message(conn)
+                conn.settimeout(10)
+                with contextlib.suppress(OSError):
+                    conn.recv(1)
+                return
+            if fault == "reset":
+                read_message(conn)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             with socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
                 if fault == "swallow":
