@@ -101,6 +101,15 @@ def walk(forest: PatientForest) -> int:
     return seen
 
 
+def without_last_update(snapshot: dict[str, dict[str, dict[str, Any]]]) -> Any:
+    return {
+        level: {
+            i: {k: v for k, v in fields.items() if k != "last_update"} for i, fields in rows.items()
+        }
+        for level, rows in snapshot.items()
+    }
+
+
 def ids(resources: list[Any]) -> list[str]:
     return [r.id for r in resources]
 
@@ -238,6 +247,8 @@ def test_reopening_costs_no_listing(client: Orthanc, tmp_path: Path) -> None:
     assert info.url == client.url and info.depth == "instance"
     assert info.schema_version == SCHEMA_VERSION and info.server_version == client.system.version
     assert info.last_seq == forest.last_seq and info.size == path.stat().st_size
+    extra = client.system.model_extra or {}  # 1.12+: recorded, for information
+    assert info.database_server_identifier == extra.get("DatabaseServerIdentifier")
 
 
 def test_depth_series_is_stored_and_instances_load_lazily(client: Orthanc, tmp_path: Path) -> None:
@@ -290,14 +301,17 @@ def test_an_update_after_uploads_and_deletions_equals_a_fresh_build(
         assert getattr(in_file, name) == getattr(in_memory, name), name
     assert in_file.requests == in_memory.requests
     fresh = load_forest(client)
-    assert stored.snapshot() == fresh.snapshot() == memory.snapshot()
+    assert stored.snapshot() == memory.snapshot()
+    # Orthanc 1.12 also moves the LastUpdate of a study whose instances are deleted, which
+    # neither updater reads again (the forest in memory shows the same second)
+    assert without_last_update(stored.snapshot()) == without_last_update(fresh.snapshot())
     assert stored.patient("KK-0-0000") is kept
     stored.close()
 
     with open_forest(client, path, update=False) as reopened:
         assert reopened.last_seq == fresh.last_seq
         assert reopened.counts == fresh.counts
-        assert reopened.snapshot() == fresh.snapshot()
+        assert reopened.snapshot() == memory.snapshot()
         assert walk(reopened) == fresh.counts.instances
         for level, query in FINDS:
             assert ids(reopened.find(level, query)) == ids(fresh.find(level, query)), query
