@@ -54,7 +54,9 @@ class Watch:
     """The time limit of one call (or one phase of a download).
 
     ``what`` names the limit in errors ("the deadline of 30 s for the whole call"). ``sock``
-    is the socket of the attempt under way, told by whoever connects or reuses one;
+    is the socket of the attempt under way, or its connection (whose socket is read when the
+    limit passes), or the answer that owns it (shut down through its ``shutdown()``), told
+    by whoever connects, reuses one or receives the headers;
     ``stage`` says what is being waited for. When the limit passes, the watchdog sets
     ``fired`` (to the stage then awaited; empty until then) and shuts the socket down, again
     every 50 ms until the call lets go of the watch (a socket connected after the first
@@ -77,9 +79,16 @@ class Watch:
 
     def shoot(self) -> None:
         self.fired = self.fired or self.stage  # what was awaited when the limit passed
-        if isinstance(self.sock, socket.socket):
+        sock = self.sock
+        if not isinstance(sock, socket.socket) and callable(getattr(sock, "shutdown", None)):
+            with contextlib.suppress(OSError):  # an answer that owns its socket
+                sock.shutdown()  # type: ignore[attr-defined]
+            return
+        if not isinstance(sock, socket.socket):  # a connection: its socket, once connected
+            sock = getattr(sock, "sock", None)
+        if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):  # the plain socket's call, for TLS sockets too
-                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def expired(self, method: str, path: str, base_url: str) -> OrthancTimeout:
         """The error of a call whose limit passed."""

@@ -116,27 +116,17 @@ _ERRORS: tuple[type[Exception], ...] = (
 
 
 class _WatchedPool(urllib3.HTTPConnectionPool):
-    """A pool that tells the calling thread's watch the socket its attempt uses: a kept-alive
-    one when the connection is handed out, a new one when it has connected."""
+    """A pool that tells the calling thread's watch the connection its attempt uses, kept
+    alive or new, when it is handed out."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)
         watch = current_watch()
         if watch is not None:
-            watch.sock = getattr(conn, "sock", None)
-        return conn
-
-    def _new_conn(self) -> Any:
-        conn = super()._new_conn()
-        connect = conn.connect
-
-        def connect_and_tell() -> None:
-            connect()
-            watch = current_watch()
-            if watch is not None:
-                watch.sock = getattr(conn, "sock", None)
-
-        conn.connect = connect_and_tell  # type: ignore[method-assign]
+            # the connection, not its socket: a new one connects later, and the watch reads
+            # its socket when it fires (wrapping ``connect`` instead would loop under
+            # recorders that forward attributes to the real connection)
+            watch.sock = conn
         return conn
 
 
@@ -416,6 +406,9 @@ class Transport:
                     auth=_HEADER_ONLY,
                 )
                 watch.stage = "the answer's body"
+                # the answer now owns the socket (an answer that closes the connection takes
+                # it from the connection): the watch shuts it down through the answer
+                watch.sock = response.raw
                 if not 300 <= response.status_code < 400:
                     return response
                 error_body(response, ERROR_BODY_LIMIT, _ERRORS)

@@ -27,6 +27,7 @@ from .models import (
     level_class,
 )
 from .server import (
+    DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_TIMEOUT,
     FEATURES,
     Capabilities,
@@ -60,6 +61,9 @@ class Orthanc(Server):
         retries: retries of requests that are safe to repeat (GET, ``POST /instances``) after
             a dropped connection, a 502/503/504, or a storage file Orthanc could not write.
         verify: TLS verification, as in :mod:`requests`.
+        deadline: seconds for a whole call, retries included (default: the timeouts
+            together, at least 30 s); see :class:`~kkorthanc.server.Server`.
+        max_answer_bytes: the largest answer read into memory (default 256 MiB).
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -73,6 +77,8 @@ class Orthanc(Server):
         timeout: Timeout = DEFAULT_TIMEOUT,
         retries: int = 3,
         verify: bool | str = True,
+        deadline: float | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if url is None:
             url = os.environ.get("ORTHANC_URL") or "http://localhost:8042"
@@ -82,7 +88,14 @@ class Orthanc(Server):
             if user is not None and password is not None:
                 auth = (user, password)
         super().__init__(
-            url, auth=auth, token=token, timeout=timeout, retries=retries, verify=verify
+            url,
+            auth=auth,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            verify=verify,
+            deadline=deadline,
+            max_answer_bytes=max_answer_bytes,
         )
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -17,7 +17,15 @@ from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._transport import DEFAULT_TIMEOUT, BinaryChannel, Params, Reply, Timeout, Transport
+from ._transport import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_TIMEOUT,
+    BinaryChannel,
+    Params,
+    Reply,
+    Timeout,
+    Transport,
+)
 from .errors import InvalidRequest, OrthancError, UnsupportedByServer
 from .values import OrthancTime
 
@@ -180,6 +188,11 @@ class Server:
         timeout: seconds, or ``(connect, read)`` seconds.
         retries: retries of requests that are safe to repeat.
         verify: TLS verification, as in :mod:`requests`.
+        deadline: seconds for a whole call, retries included (by default the connect and
+            read timeouts together, at least 30 s); downloads bound the wait for their first
+            byte and each stall instead.
+        max_answer_bytes: the largest answer (decoded) read into memory; a larger one is
+            refused with :class:`~kkorthanc.errors.OrthancConnectionError`.
     """
 
     def __init__(
@@ -191,9 +204,18 @@ class Server:
         timeout: Timeout = DEFAULT_TIMEOUT,
         retries: int = 3,
         verify: bool | str = True,
+        deadline: float | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self._transport = Transport(
-            url, auth=auth, token=token, timeout=timeout, retries=retries, verify=verify
+            url,
+            auth=auth,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            verify=verify,
+            deadline=deadline,
+            max_answer_bytes=max_answer_bytes,
         )
         self._system: SystemInfo | None = None
         self._system_lock = threading.Lock()
@@ -482,6 +504,7 @@ class Server:
 
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
     "DEFAULT_TIMEOUT",
     "FEATURES",
     "BinaryChannel",

@@ -25,6 +25,7 @@ import pytest
 from kkorthanc import (
     InvalidRequest,
     NotFound,
+    Orthanc,
     OrthancConnectionError,
     OrthancTimeout,
     ServerError,
@@ -195,6 +196,19 @@ def test_a_body_trickle_ends_at_the_call_deadline(path: str) -> None:
     assert 1.4 < elapsed < 1.5 + MARGIN, elapsed
     assert "the deadline of 1.5 s for the whole call" in str(caught.value)
     assert "body" in str(caught.value)
+
+
+def test_the_client_passes_its_deadline_and_answer_limit_to_every_call() -> None:
+    with FakeServer(trickled_body) as server:
+        client = Orthanc(server.url, auth=("kk", "pw"), timeout=(1.0, 1.0), deadline=1.0)
+        start = time.monotonic()
+        with pytest.raises(OrthancTimeout, match="the deadline of 1 s"):
+            client.system  # noqa: B018 - the request is the point
+        assert time.monotonic() - start < 1.0 + MARGIN
+    with FakeServer(trickled_body) as server:
+        client = Orthanc(server.url, auth=("kk", "pw"), max_answer_bytes=10)
+        with pytest.raises(OrthancConnectionError, match="max_answer_bytes"):
+            client.system  # noqa: B018
 
 
 @pytest.fixture(scope="module")
