@@ -131,6 +131,20 @@ def value_pool(forest: PatientForest) -> dict[str, list[str]]:
     return {keyword: sorted(values) for keyword, values in pool.items() if values}
 
 
+@pytest.mark.no_cassette
+def test_raw_datasets_of_either_byte_order_are_sent_for_the_server_to_judge() -> None:
+    """No server needed: the pre-check passes pydicom's datasets without meta header, in
+    little- and big-endian byte order, and still rejects text and archives unsent."""
+    by_name = {os.path.basename(p): p for p in corpus()}
+    for name in ("ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm"):
+        with open(by_name[name], "rb") as file:
+            data = file.read()
+        assert data[128:132] != b"DICM"
+        assert _not_dicom(data) is None, name
+    for junk in (b"not an image\n", b"{}", b"PK\x03\x04rest", b"\x1f\x8b\x08rest"):
+        assert _not_dicom(junk) is not None, junk
+
+
 def test_upload_leaves_every_verdict_to_the_server(world: World) -> None:
     """Nothing the server accepts is refused locally: the big-endian file without a meta
     header is stored, and every file refused before sending is refused by the server too."""
