@@ -174,16 +174,20 @@ class _Updater:
 
         New resources (and resources that were stored again) change their ancestors' child
         lists and ``LastUpdate``, so every ancestor is fetched again; a vanished resource
-        changes its parent. Ancestors already in the forest are known locally, so this takes
-        one bulk request for the resources and usually one more for their ancestors.
+        changes its parent, and on Orthanc 1.12 the ``LastUpdate`` of every ancestor.
+        Ancestors already in the forest are known locally, so this takes one bulk request
+        for the resources and usually one more for their ancestors.
         """
         known_refresh = {i for i in refresh if self._find(i) is not None}
         pending: dict[str, bool] = {i: False for i in known_refresh}  # id -> ancestors needed
         pending.update({i: True for i in new})
         fetched: dict[str, dict[str, Any]] = {}
         vanished: set[str] = set(gone)
-        for parent_id in {p for p in (self._parent_id_of(i) for i in gone) if p}:
-            pending.setdefault(parent_id, False)
+        for resource_id in gone:  # every ancestor: 1.12 moves their LastUpdate too
+            above = self._parent_id_of(resource_id)
+            while above:
+                pending.setdefault(above, False)
+                above = self._parent_id_of(above)
         asked: set[str] = set()
         while pending:
             batch = {i: up for i, up in pending.items() if i not in asked}
