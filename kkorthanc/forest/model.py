@@ -310,11 +310,21 @@ class PatientForest:
         ``level`` is a level name or a model class, and types the result as in
         :meth:`kkorthanc.Orthanc.find`.
         """
+        name = level if isinstance(level, str) else level.level
+        return self._search(name, query, case_sensitive, tags)
+
+    def _search(
+        self,
+        level: str,
+        query: dict[str, Any] | None,
+        case_sensitive: bool,
+        tags: dict[str, Any],
+    ) -> list[Any]:
+        """The matches of :meth:`find` (a stored forest narrows the candidates first)."""
         from .. import query as _query
 
-        name = level if isinstance(level, str) else level.level
         found: list[Any] = _query.local_find(
-            self, name, query, case_sensitive=case_sensitive, **tags
+            self, level, query, case_sensitive=case_sensitive, **tags
         )
         return found
 

@@ -22,14 +22,10 @@ from ..errors import ForestStoreError
 from ..models import (
     LEVELS,
     Instance,
-    InstanceLevel,
     Patient,
-    PatientLevel,
     Resource,
     Series,
-    SeriesLevel,
     Study,
-    StudyLevel,
     level_class,
 )
 from ._file import SCHEMA_VERSION, ForestFile, identifier_key
@@ -217,86 +213,26 @@ class StoredForest(PatientForest):
 
     # -- find ---------------------------------------------------------------------------------
 
-    @overload
-    def find(
-        self,
-        level: PatientLevel,
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[Patient]: ...
-    @overload
-    def find(
-        self,
-        level: StudyLevel,
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[Study]: ...
-    @overload
-    def find(
-        self,
-        level: SeriesLevel,
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[Series]: ...
-    @overload
-    def find(
-        self,
-        level: InstanceLevel,
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[Instance]: ...
-    @overload
-    def find(
-        self,
-        level: type[R],
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[R]: ...
-    @overload
-    def find(
+    def _search(
         self,
         level: str,
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
-    ) -> list[Resource]: ...
-    def find(
-        self,
-        level: str | type[Resource],
-        query: dict[str, Any] | None = None,
-        *,
-        case_sensitive: bool = False,
-        **tags: Any,
+        query: dict[str, Any] | None,
+        case_sensitive: bool,
+        tags: dict[str, Any],
     ) -> list[Any]:
-        """Resources of ``level`` matching DICOM tags, matched in memory: no request.
-
-        The same answers as :meth:`PatientForest.find`. An equality (or a list) on an
-        identifier (PatientID, a UID, AccessionNumber) of any level narrows the search to
-        the patients the file's index names, and only those are made into models; any other
-        query makes every model first.
-        """
+        """The matches of :meth:`find`, the same answers as in memory. An equality (or a
+        list) on an identifier (PatientID, a UID, AccessionNumber) of any level narrows the
+        search to the patients the file's index names, and only those are made into models;
+        any other query makes every model first."""
         from .. import query as _query
 
-        name = level if isinstance(level, str) else level.level
         with self._lock:
-            patients = self._candidates(name, query, case_sensitive, tags)
+            patients = self._candidates(level, query, case_sensitive, tags)
             if patients is None:
-                found: list[Any] = super().find(name, query, case_sensitive=case_sensitive, **tags)
-                return found
+                return super()._search(level, query, case_sensitive, tags)
             scope = _Scope(self, patients)
             matched: list[Any] = _query.local_find(
-                scope, name, query, case_sensitive=case_sensitive, **tags
+                scope, level, query, case_sensitive=case_sensitive, **tags
             )
             return matched
 
