@@ -521,7 +521,8 @@ def test_the_file_holds_no_credentials(servers: Servers, tmp_path: Path) -> None
     assert header is not None
     assert set(header) == {
         *("format", "schema", "url", "server", "depth", "last_seq", "built_at", "updated_at"),
-        *("counts", "below", "dictionary:1", "dictionary:2", "dictionary:3", "dictionary:4"),
+        *("anchor", "counts", "below"),
+        *("dictionary:1", "dictionary:2", "dictionary:3", "dictionary:4"),
     }
     assert header["url"] == client.url and "@" not in header["url"]
     assert set(header["server"]) == {

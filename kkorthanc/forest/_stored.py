@@ -29,6 +29,7 @@ from ._file import (
     make_dictionary,
     pos_range,
 )
+from .build import _feed_position
 from .reports import UpdateReport
 from .state import _Index, _private, _State
 from .update import _Updater
@@ -68,7 +69,8 @@ def fill(
     """
     levels = LEVELS[: level_class(depth).depth]
     identity = server_identity(client)
-    last_seq = client.last_change()  # first: what changes during the listing is replayed
+    # first: what changes during the listing is replayed
+    last_seq, anchor = _feed_position(client)
     if new_dictionaries:
         file.codecs = {}
     file.create_staging()
@@ -121,6 +123,7 @@ def fill(
         "server": identity,
         "depth": depth,
         "last_seq": last_seq,
+        "anchor": list(anchor) if anchor is not None else None,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "counts": [counts.get(cls, 0) for cls in LEVELS],
         "below": below,
@@ -206,6 +209,12 @@ class _StoredState(_State):
 
     def read_header(self, header: dict[str, Any]) -> None:
         self.last_seq = int(header["last_seq"])
+        anchor = header.get("anchor")
+        self.anchor = (
+            (int(anchor[0]), str(anchor[1]), str(anchor[2]), str(anchor[3]))
+            if isinstance(anchor, list) and len(anchor) == 4
+            else None
+        )
         self.built_at = datetime.datetime.fromisoformat(str(header["built_at"]))
         self.header = header
         self.below = int(header.get("below", 0))
@@ -228,6 +237,7 @@ class _StoredState(_State):
         return {
             **{k: v for k, v in self.header.items() if not k.startswith("dictionary:")},
             "last_seq": self.last_seq,
+            "anchor": list(self.anchor) if self.anchor is not None else None,
             "counts": [self.lazy[cls].count for cls in LEVELS],
             "below": self.below,
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -580,8 +590,12 @@ class _StoreUpdater(_Updater):
 
     The same classification, fetching and applying; what each step changed is written into
     the update's transaction after it, so that counts and ID listings read from the file
-    are those of the forest in memory.
+    are those of the forest in memory. Tables and indexes are not journaled: a failed update
+    rolls the file back and reads it again (:meth:`StoredForest.update`); the models it
+    changed are put back.
     """
+
+    journal_tables = False
 
     @property
     def stored(self) -> _StoredState:
@@ -601,6 +615,9 @@ class _StoreUpdater(_Updater):
 
     def _child_owners(self, parent_cls: type[Resource]) -> dict[str, str]:
         return self.stored.child_owners(parent_cls)
+
+    def _relabeled(self, obj: Resource) -> None:
+        self.stored.touch(obj)
 
     def _rebuild(self, reason: str, start: int, from_seq: int, changes: int) -> UpdateReport:
         forest = self.forest

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from ..models import LEVELS, Resource, Study, level_class
+from ..server import Change, ChangePage
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos, _Unsupported
 from .state import _private, _State
 
@@ -23,6 +24,27 @@ if TYPE_CHECKING:
 DEFAULT_PAGE_SIZE = 4000
 
 Depth = Literal["patient", "study", "series", "instance"]
+
+#: the change a forest is up to date with: sequence number, change type, resource ID and
+#: date (see ``docs/forest.md``, "A replaced database")
+Anchor = tuple[int, str, str, str]
+
+
+def _anchor_of(change: Change) -> Anchor:
+    date = change.date.isoformat() if change.date is not None else ""
+    return (change.seq, change.change_type, change.id, date)
+
+
+def _feed_position(client: Server) -> tuple[int, Anchor | None]:
+    """The newest sequence number of the change feed and its change (``GET /changes?last``,
+    the request of :meth:`Server.last_change`)."""
+    answer = client.get_json("/changes", {"last": ""})
+    if not isinstance(answer, dict):
+        return 0, None
+    page = ChangePage.model_validate(answer)
+    last = int(answer.get("Last") or 0)
+    found = [c for c in page.changes if c.seq == last]
+    return last, _anchor_of(found[0]) if found else None
 
 
 def _link_level(
@@ -62,7 +84,8 @@ def _load(client: Server, depth: Depth, page_size: int) -> _State:
     """List the levels down to ``depth`` and link them (see ``docs/forest.md``)."""
     levels = LEVELS[: level_class(depth).depth]
     state = _State(levels)
-    state.last_seq = client.last_change()  # first: what changes during the listing is replayed
+    # first: what changes during the listing is replayed
+    state.last_seq, state.anchor = _feed_position(client)
     groups: dict[type[Resource], dict[str, list[Resource]]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE:

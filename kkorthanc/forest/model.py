@@ -74,11 +74,13 @@ class PatientForest:
         return self._state.last_seq
 
     def __repr__(self) -> str:
-        counts = self.counts
+        with self._lock:
+            counts = self.counts
+            seq = self.last_seq
         return (
             f"<PatientForest {self.client.url}: {counts.patients} patients, "
             f"{counts.studies} studies, {counts.series} series, {counts.instances} instances; "
-            f"seq {self.last_seq}, depth {self.depth}>"
+            f"seq {seq}, depth {self.depth}>"
         )
 
     # -- collections --------------------------------------------------------------------------
@@ -107,7 +109,8 @@ class PatientForest:
     def counts(self) -> ForestCounts:
         """Resources per level. The level just below the forest's depth is counted from the
         child-ID lists of the deepest level; levels further down count 0."""
-        return ForestCounts(*(_count(self._state, cls) for cls in LEVELS))
+        with self._lock:  # a running update changes the tables: wait for it
+            return ForestCounts(*(_count(self._state, cls) for cls in LEVELS))
 
     def __len__(self) -> int:
         """The number of patients."""
@@ -356,6 +359,10 @@ class PatientForest:
         two forests of the same server state have equal snapshots. Children below the
         forest's depth (loaded lazily, or not) are left out.
         """
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = {}
         levels = self._state.levels
         for position, cls in enumerate(LEVELS):
@@ -373,10 +380,10 @@ class PatientForest:
 
     # -- update -----------------------------------------------------------------------------
 
-    def update(self) -> UpdateReport:
+    def update(self, *, labels: bool = False, rebuild_if_replaced: bool = True) -> UpdateReport:
         """Bring the forest up to date with the server, from its change feed.
 
-        Requests: the feed pages after :attr:`last_seq` (``GET /changes``, one per 2,000
+        Requests: the feed pages from :attr:`last_seq` (``GET /changes``, one per 2,000
         changes), one ``POST /tools/bulk-content`` per round of new or changed resources (two
         rounds when new resources join existing parents), and ``GET /statistics`` to detect
         deletions, which Orthanc does not log. Only when the counts disagree, one ID-only
@@ -387,19 +394,34 @@ class PatientForest:
         the report counts everything the client sent meanwhile, other threads included.
 
         Falls back to a full rebuild (``report.rebuilt``, with the reason) when the feed cannot
-        cover the gap since :attr:`last_seq`, or holds more changes than a rebuild costs; the
-        forest then holds new model objects.
+        cover the gap since :attr:`last_seq`, holds more changes than a rebuild costs, or
+        shows that the server's database was replaced (the change at :attr:`last_seq` is
+        not the one the forest read, or the feed went back); the forest then holds new model
+        objects.
+
+        All or nothing: when a request fails, every model, table and index the update had
+        changed is put back, :attr:`last_seq` with them, and the next update replays the
+        same changes. Readers that go over a level (``counts``, iteration, ``snapshot``)
+        wait while an update runs.
+
+        Args:
+            labels: also read label membership again, which the change feed does not log:
+                ``GET /tools/labels``, then one ``POST /tools/find`` (IDs only) per label and
+                level held; nothing on a server that stores no labels. Changed labels are
+                reported as updated.
+            rebuild_if_replaced: when ``False``, a replaced database raises instead of
+                rebuilding.
 
         Returns:
             what was added, removed and updated per level, and the requests it took.
 
         Raises:
-            OrthancError: the server refused or could not be reached; the forest is left as
-                it was before the failing request (possibly partly updated, never half-linked),
-                and :attr:`last_seq` only moves once the feed has been applied.
+            OrthancError: the server refused or could not be reached (the forest is left
+                exactly as it was), or its database was replaced and
+                ``rebuild_if_replaced`` is ``False``.
         """
         with self._lock:
-            return _Updater(self).run()
+            return _Updater(self, rebuild_if_replaced=rebuild_if_replaced, labels=labels).run()
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -97,6 +97,8 @@ class _State:
         self.uids: dict[type[Resource], _Index] = {cls: _Index() for cls in LEVELS}
         self.accession = _Index()
         self.last_seq = 0
+        #: the change at ``last_seq`` (see :data:`~.build.Anchor`), when the feed holds it
+        self.anchor: tuple[int, str, str, str] | None = None
         self.built_at = datetime.datetime.now(datetime.timezone.utc)
 
     def count(self, cls: type[Resource]) -> int:
@@ -144,8 +146,10 @@ class LevelView(Sequence[R], Generic[R]):
         forest = self._forest
         cache = self._cache
         if cache is None or cache[0] != forest._version:
-            items: tuple[R, ...] = tuple(forest._state.tables[self._cls].values())
-            cache = self._cache = (forest._version, items)
+            with forest._lock:  # not while an update changes the table
+                version = forest._version
+                items: tuple[R, ...] = tuple(forest._state.tables[self._cls].values())
+                cache = self._cache = (version, items)
         return cache[1]
 
     def __len__(self) -> int:

@@ -282,7 +282,7 @@ class StoredForest(PatientForest):
 
     # -- update ---------------------------------------------------------------------------------
 
-    def update(self) -> UpdateReport:
+    def update(self, *, labels: bool = False, rebuild_if_replaced: bool = True) -> UpdateReport:
         """Bring the forest and its file up to date with the server, from its change feed.
 
         The requests, the report and the fallback to a rebuild are those of
@@ -290,14 +290,16 @@ class StoredForest(PatientForest):
         concern. Everything it changes is written into the file in one SQLite transaction,
         committed at the end: if the update fails (a request, the disk, a crash of the
         process), the file keeps its previous state, and the forest reads it again (models
-        it had made are let go; those handed out keep what they held). A rebuild lists the
-        server into the file, inside the same transaction.
+        it had made are let go; those handed out are put back as they were before the
+        update). A rebuild lists the server into the file, inside the same transaction.
+        ``labels=True`` makes every model once (the labels of every resource are compared).
 
         When another process wrote the file since this forest last read it, the forest
         first reads it again.
 
         Raises:
-            OrthancError: the server refused or could not be reached.
+            OrthancError: the server refused or could not be reached, or its database was
+                replaced and ``rebuild_if_replaced`` is ``False``.
             ForestStoreError: another process held the file's write lock too long.
         """
         state = self._stored
@@ -308,7 +310,9 @@ class StoredForest(PatientForest):
             file.begin()
             state.updating = True
             try:
-                report = _StoreUpdater(self).run()
+                report = _StoreUpdater(
+                    self, rebuild_if_replaced=rebuild_if_replaced, labels=labels
+                ).run()
                 state.write_pending()
                 file.write_header(state.header_values())
                 file.commit()

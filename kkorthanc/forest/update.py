@@ -8,16 +8,16 @@ not log. When the feed cannot cover the gap, the forest is rebuilt. See ``docs/f
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import OrthancError
-from ..models import LEVELS, Patient, Resource, level_class
+from ..models import LEVELS, Patient, Resource, Study, level_class
 from ._factory import _FACTORIES, _new_memos
-from .build import _load
+from .build import Anchor, _anchor_of, _load
 from .reports import UpdateReport, _by_level
-from .state import _count, _level_of, _private, _State
+from .state import _count, _Index, _level_of, _private, _State
 
 if TYPE_CHECKING:
     from ..server import Change, Server
@@ -35,10 +35,79 @@ REBUILD_AFTER_CHANGES = 1000
 class _FeedGap(Exception):
     """The change feed cannot bring a forest up to date: it is rebuilt instead."""
 
-    def __init__(self, reason: str, changes: list[Change]) -> None:
+    def __init__(self, reason: str, changes: list[Change], *, replaced: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.changes = changes
+        #: the server's database is not the one the forest was built from
+        self.replaced = replaced
+
+
+_MISSING: Any = object()
+
+
+def _describe(anchor: Anchor) -> str:
+    _, kind, resource_id, date = anchor
+    return f"{kind} of {resource_id} at {date or 'an unknown time'}"
+
+
+class _Journal:
+    """What an update changed in place, kept so that a failed update can put it back.
+
+    Each model, table entry and index entry is saved the first time the update is about to
+    change it; :meth:`undo` restores the saved copies. The cost grows with what the update
+    touches, except that a table from which a resource is removed keeps its key order once
+    (so that a rolled-back forest lists its resources in the same order).
+    """
+
+    def __init__(self, *, tables: bool) -> None:
+        #: whether tables and indexes are journaled (a stored forest reads them again)
+        self.tables = tables
+        self.models: dict[int, tuple[Resource, dict[str, Any], dict[str, Any], set[str]]] = {}
+        self.entries: dict[tuple[int, str], tuple[MutableMapping[str, Any], str, Any]] = {}
+        self.orders: dict[int, tuple[MutableMapping[str, Any], list[str]]] = {}
+
+    def model(self, obj: Resource) -> None:
+        key = id(obj)
+        if key not in self.models:
+            fields_set = set(obj.model_fields_set)
+            self.models[key] = (obj, dict(obj.__dict__), dict(_private(obj)), fields_set)
+
+    def entry(self, mapping: MutableMapping[str, Any], key: str | None) -> None:
+        if not self.tables or not key or (id(mapping), key) in self.entries:
+            return
+        value = mapping.get(key, _MISSING)
+        self.entries[(id(mapping), key)] = (
+            mapping,
+            key,
+            list(value) if type(value) is list else value,
+        )
+
+    def removing(self, table: MutableMapping[str, Any], key: str) -> None:
+        """Before ``del table[key]``: the entry, and the table's order the first time."""
+        if not self.tables:
+            return
+        if id(table) not in self.orders:
+            self.orders[id(table)] = (table, list(table))
+        self.entry(table, key)
+
+    def undo(self) -> None:
+        for mapping, key, value in self.entries.values():
+            if value is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = value
+        for table, order in self.orders.values():
+            held = dict(table)
+            table.clear()
+            table.update((k, held[k]) for k in order if k in held)
+        for obj, fields, private, fields_set in self.models.values():
+            obj.__dict__.clear()
+            obj.__dict__.update(fields)
+            kept = _private(obj)
+            kept.clear()
+            kept.update(private)
+            object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
 
 
 @dataclass
@@ -52,6 +121,17 @@ class _Updater:
     notes: list[str] = field(default_factory=list)
     #: resources read from the server during this update: their state is the newest known
     fresh_ids: set[str] = field(default_factory=set)
+    #: whether a replaced database is rebuilt (else the update raises)
+    rebuild_if_replaced: bool = True
+    #: whether label membership is read again (``update(labels=True)``)
+    labels: bool = False
+    #: list the IDs of every level, whatever the counts (the anchor change is gone)
+    verify_all: bool = False
+    #: whether tables and indexes are journaled too (a stored forest reads its file again)
+    journal_tables: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.journal = _Journal(tables=self.journal_tables)
 
     @property
     def state(self) -> _State:
@@ -62,18 +142,39 @@ class _Updater:
         return self.forest.client
 
     def run(self) -> UpdateReport:
+        """The update, all or nothing: if anything fails (a request, above all), every model,
+        table and index it changed is put back, with ``last_seq``, and the error raised."""
+        state = self.state
+        position = (state.last_seq, state.anchor)
+        try:
+            return self._run()
+        except BaseException:
+            if self.forest._state is state:
+                self.journal.undo()
+                state.last_seq, state.anchor = position
+            raise
+
+    def _run(self) -> UpdateReport:
         forest = self.forest
         start = self.client.request_count
         from_seq = forest.last_seq
         try:
-            changes, last = self._read_feed(from_seq)
+            changes, last, anchor = self._read_feed(from_seq)
         except _FeedGap as gap:
+            if gap.replaced and not self.rebuild_if_replaced:
+                raise OrthancError(
+                    f"{self.client.url}: {gap.reason}; update(rebuild_if_replaced=True) "
+                    "builds the forest again"
+                ) from None
             return self._rebuild(gap.reason, start, from_seq, len(gap.changes))
         new, refresh, stable, gone = self._classify(changes)
         self._sync(new=new, refresh=refresh, gone=gone)
         self._apply_stable(stable)
         self.state.last_seq = last
+        self.state.anchor = anchor
         self._reconcile()
+        if self.labels:
+            self._refresh_labels()
         forest._version += 1
         return self._report(start, from_seq, len(changes))
 
@@ -92,45 +193,95 @@ class _Updater:
 
     # -- the feed ---------------------------------------------------------------------------
 
-    def _read_feed(self, since: int) -> tuple[list[Change], int]:
-        """The changes after ``since`` and the sequence number they reach.
+    def _read_feed(self, since: int) -> tuple[list[Change], int, Anchor | None]:
+        """The changes after ``since``, the sequence number they reach and its change.
+
+        The feed is read from the change at ``since`` itself: the forest keeps that change
+        (its anchor, from the build or the last update), and the server must still hold
+        the same one (type, resource and date), or its database is not the one the forest
+        was built from. Same request count as reading after ``since``.
 
         Raises:
             _FeedGap: the feed cannot bring the forest up to date (or would cost more than a
                 rebuild); carries the reason.
         """
         budget = max(REBUILD_AFTER_CHANGES, self.forest.counts.total // 2)
+        anchor = self.state.anchor if since else None
+        if anchor is not None and anchor[0] != since:
+            anchor = None
         changes: list[Change] = []
         position = since
-        for page in self.client.iter_changes(since, CHANGES_PAGE):
-            if not page.changes:
-                if page.last < position:
-                    raise _FeedGap(
-                        f"the server's change feed went back from seq {position} to "
-                        f"{page.last} (a new or reset database)",
-                        changes,
-                    )
-                if position == since and page.last > since:
-                    raise _FeedGap(
-                        f"the changes after seq {since} are no longer in the feed "
-                        f"(it now starts after seq {page.last})",
-                        changes,
-                    )
-                break
-            if position == since and page.changes[0].seq != since + 1:
-                raise _FeedGap(
-                    f"the changes after seq {since} are no longer in the feed "
-                    f"(it now starts at seq {page.changes[0].seq})",
-                    changes,
-                )
-            changes.extend(page.changes)
-            position = page.changes[-1].seq
+        pages = self.client.iter_changes(since - 1 if since else 0, CHANGES_PAGE)
+        for number, page in enumerate(pages):
+            entries = list(page.changes)
+            if number == 0:
+                anchor = self._check_start(since, anchor, page.last, entries, changes)
+            changes.extend(entries)
+            if entries:
+                position = entries[-1].seq
             if len(changes) > budget:
                 raise _FeedGap(
                     f"more than {budget} changes since seq {since}: rebuilding costs less",
                     changes,
                 )
-        return changes, position
+        return changes, position, _anchor_of(changes[-1]) if changes else anchor
+
+    def _check_start(
+        self,
+        since: int,
+        anchor: Anchor | None,
+        last: int,
+        entries: list[Change],
+        read: list[Change],
+    ) -> Anchor | None:
+        """Check the first page of the feed (and take the change at ``since`` out of it);
+        the change at ``since`` as the server holds it, if it does."""
+        if since and entries and entries[0].seq == since:
+            found = _anchor_of(entries.pop(0))
+            if anchor is not None and found != anchor:
+                raise _FeedGap(
+                    f"the server's change {since} is {_describe(found)}, not "
+                    f"{_describe(anchor)} as when this forest read it: its database was "
+                    "replaced",
+                    read,
+                    replaced=True,
+                )
+            return found
+        if not entries and last < since:
+            raise _FeedGap(
+                f"the server's change feed went back from seq {since} to {last} "
+                "(a new or reset database)",
+                read,
+                replaced=True,
+            )
+        if anchor is not None and entries:
+            # Orthanc drops the changes of a deleted resource with it: the anchor's resource
+            # was deleted, or the feed was cleared, or the database replaced
+            self.verify_all = True
+            self.notes.append(
+                f"the change at seq {since} ({_describe(anchor)}) is no longer in the feed"
+            )
+            return None
+        if not entries:
+            if last > since:
+                raise _FeedGap(
+                    f"the changes after seq {since} are no longer in the feed "
+                    f"(it now starts after seq {last})",
+                    read,
+                )
+            if anchor is not None:
+                self.verify_all = True
+                self.notes.append(
+                    f"the change at seq {since} ({_describe(anchor)}) is no longer in the feed"
+                )
+            return None
+        if entries[0].seq != since + 1:
+            raise _FeedGap(
+                f"the changes after seq {since} are no longer in the feed "
+                f"(it now starts at seq {entries[0].seq})",
+                read,
+            )
+        return None
 
     @staticmethod
     def _classify(changes: Iterable[Change]) -> tuple[set[str], set[str], set[str], set[str]]:
@@ -247,6 +398,7 @@ class _Updater:
     def _apply(self, fetched: dict[str, dict[str, Any]], vanished: set[str]) -> None:
         state = self.state
         forest = self.forest
+        journal = self.journal
         deepest = level_class(forest.depth).depth
         for resource_id in sorted(vanished):
             found = self._find(resource_id)
@@ -266,16 +418,18 @@ class _Updater:
                 obj = _FACTORIES[cls](item, forest.client, memos)
                 old = table.get(obj.id)
                 if old is None:
+                    journal.entry(table, obj.id)
                     table[obj.id] = obj
-                    state.index(obj)
+                    self._index(obj, add=True)
                     new_objects.append(obj)
                     touched.append(obj)
                     continue
                 if old.__dict__ != obj.__dict__:
-                    state.unindex(old)
+                    journal.model(old)
+                    self._index(old, add=False)
                     old.__dict__.update(obj.__dict__)
                     object.__setattr__(old, "__pydantic_fields_set__", obj.model_fields_set)
-                    state.index(old)
+                    self._index(old, add=True)
                     self.updated[cls].append(old.id)
                 touched.append(old)
         # children lists first, top-down, then whatever no parent claims is dropped
@@ -293,10 +447,25 @@ class _Updater:
             if state.holds(obj):
                 self.added[type(obj)].append(obj.id)
 
+    def _index(self, obj: Resource, *, add: bool) -> None:
+        """Index (or unindex) a resource, its index entries journaled first."""
+        state = self.state
+        cls = type(obj)
+        entries: list[tuple[_Index, str | None]] = [(state.uids[cls], obj.__dict__[cls.uid_field])]
+        if cls is Study:
+            entries.append((state.accession, obj.__dict__["accession_number"]))
+        for index, key in entries:
+            self.journal.entry(index.entries, key)
+        if add:
+            state.index(obj)
+        else:
+            state.unindex(obj)
+
     def _relink(self, parent: Resource) -> None:
         """Rebuild a resource's children from its child-ID list (trimmed to the forest)."""
         cls = type(parent)
         state = self.state
+        journal = self.journal
         ids_field = cls.child_ids_field
         child_cls = cls.child_class()
         if ids_field is None or child_cls is None:
@@ -305,6 +474,7 @@ class _Updater:
         if child_cls not in state.levels:  # below the depth: lazy, reloaded on next access
             old = parent.linked_children()
             if old is not None and tuple(c.id for c in old) != ids:
+                journal.model(parent)
                 _private(parent)["_children"] = None
             return
         table = state.tables[child_cls]
@@ -313,6 +483,7 @@ class _Updater:
         kids = [
             table[i] for i in ids if i in table and table[i].__dict__[parent_field] == parent.id
         ]
+        journal.model(parent)
         if len(kids) != len(ids):
             parent.__dict__[ids_field] = tuple(k.id for k in kids)
         keep = {k.id for k in kids}
@@ -320,7 +491,10 @@ class _Updater:
             if old_child.id not in keep and table.get(old_child.id) is old_child:
                 self._remove(old_child)
         for kid in kids:
-            _private(kid)["_parent"] = parent
+            links = _private(kid)
+            if links.get("_parent") is not parent:
+                journal.model(kid)
+                links["_parent"] = parent
         _private(parent)["_children"] = tuple(kids)
 
     def _remove(self, obj: Resource, *, report: bool = True) -> None:
@@ -329,20 +503,23 @@ class _Updater:
         cls = type(obj)
         if not state.holds(obj):
             return
-        del state.tables[cls][obj.id]
-        state.unindex(obj)
+        table = state.tables[cls]
+        self.journal.removing(table, obj.id)
+        del table[obj.id]
+        self._index(obj, add=False)
         if report:
             self.removed[cls].append(obj.id)
         child_cls = cls.child_class()
         if child_cls is not None:
-            table = state.tables[child_cls]
+            children = state.tables[child_cls]
             for child_id in obj.child_ids:
-                child = table.get(child_id)
+                child = children.get(child_id)
                 if child is not None and child.linked_parent() is obj:
                     self._remove(child, report=report)
         parent = obj.linked_parent()
         if parent is None or not state.holds(parent):
             return
+        self.journal.model(parent)
         siblings = parent.linked_children()
         if siblings is not None:
             _private(parent)["_children"] = tuple(s for s in siblings if s is not obj)
@@ -360,6 +537,7 @@ class _Updater:
             found = self._find(resource_id)
             if found is None or found.__dict__.get("is_stable", True) is True:
                 continue
+            self.journal.model(found)
             found.__dict__["is_stable"] = True
             self.updated[type(found)].append(resource_id)
 
@@ -369,20 +547,24 @@ class _Updater:
         """Compare the counts with the server's; find what vanished (or was missed) by ID."""
         stats = self.client.get_json("/statistics") or {}
         state = self.state
+        if self.verify_all:
+            self.notes.append("listed the IDs of every level to check the forest")
         for cls in LEVELS:
             if cls.depth > len(state.levels) + 1:
                 break
             server = stats.get(f"Count{cls.collection.capitalize()}")  # CountPatients, ...
             have = _count(state, cls)
-            if not isinstance(server, int) or have == server:
+            if not self.verify_all and (not isinstance(server, int) or have == server):
                 continue
             on_server = self.client.get_json(f"/{cls.collection}")
             if not isinstance(on_server, list):
                 raise OrthancError(f"GET /{cls.collection}: expected a JSON list of IDs")
             server_ids = {str(i) for i in on_server}
-            self.notes.append(
-                f"{have} {cls.collection} in the forest, {server} on the server: listed their IDs"
-            )
+            if have != server:
+                self.notes.append(
+                    f"{have} {cls.collection} in the forest, {server} on the server: "
+                    "listed their IDs"
+                )
             if cls in state.levels:
                 mine = set(state.tables[cls])
                 self._sync(new=server_ids - mine, refresh=set(), gone=mine - server_ids)
@@ -402,6 +584,55 @@ class _Updater:
             for parent in self.state.tables[parent_cls].values()
             for child_id in parent.__dict__[ids_field]
         }
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def _refresh_labels(self) -> None:
+        """Read label membership again (``update(labels=True)``): Orthanc does not log label
+        changes in its feed.
+
+        Requests: ``GET /tools/labels``, then one ``POST /tools/find`` (IDs only) per label
+        and level the forest holds; none on a server whose database stores no labels (its
+        ``/system`` is read once per client). Every model held whose labels differ is
+        updated in place and reported as updated.
+        """
+        client = self.client
+        if not client.supports("Labels"):
+            return
+        names = client.get_json("/tools/labels")
+        if not isinstance(names, list):
+            raise OrthancError("GET /tools/labels: expected a JSON list of labels")
+        for cls in self.state.levels:
+            members: dict[str, set[str]] = defaultdict(set)
+            for name in sorted(str(n) for n in names):
+                found = client.post_json(
+                    "/tools/find",
+                    {
+                        "Level": cls.level,
+                        "Query": {},
+                        "Labels": [name],
+                        "LabelsConstraint": "All",
+                        "Expand": False,
+                    },
+                    repeatable=True,
+                )
+                if not isinstance(found, list):
+                    raise OrthancError(f"POST /tools/find: expected a JSON list of {cls.level} IDs")
+                for resource_id in found:
+                    members[str(resource_id)].add(name)
+            table = self.state.tables[cls]
+            held = [obj for obj in table.values() if obj.__dict__["labels"]]
+            held += [obj for i in members if (obj := table.get(i)) is not None]
+            for obj in held:
+                labels = tuple(sorted(members.get(obj.id, ())))
+                if obj.__dict__["labels"] != labels:
+                    self.journal.model(obj)
+                    obj.__dict__["labels"] = labels
+                    self._relabeled(obj)
+                    self.updated[cls].append(obj.id)
+
+    def _relabeled(self, obj: Resource) -> None:
+        """A model's labels were changed in place (a stored forest writes its row)."""
 
     # -- rebuild ----------------------------------------------------------------------------
 
