@@ -12,8 +12,10 @@ Recordings keep no Authorization header, and ports are rewritten to canonical on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -100,8 +102,50 @@ class PortMap:
 PORT_MAP = PortMap()
 
 
+#: held while vcrpy puts the real connection classes back for a moment, and while a pool
+#: makes a connection: see :func:`_serialize_vcr_resets`
+_VCR_LOCK = threading.RLock()
+
+
+def _serialize_vcr_resets() -> None:
+    """Make vcrpy's connection stubs safe to build from several threads at once.
+
+    Each stub builds its real connection inside ``vcr.patch.force_reset()``, which puts the
+    unpatched ``ConnectionCls`` back on urllib3's pool classes, for every thread, until it
+    returns. A pool in another thread that makes a connection meanwhile gets a real one, which
+    in replay reaches for the canonical port, is refused, and is sent again: one request more
+    than recorded (an export that lists studies while it downloads, on Python 3.10, where pip
+    installs vcrpy 8). Both now take one lock.
+    """
+    import urllib3.connectionpool
+    import vcr.patch
+
+    if getattr(vcr.patch.force_reset, "kk_serialized", False):
+        return
+    unlocked_reset = vcr.patch.force_reset
+
+    @contextlib.contextmanager
+    def force_reset() -> Iterator[None]:
+        with _VCR_LOCK, unlocked_reset():
+            yield
+
+    force_reset.kk_serialized = True  # type: ignore[attr-defined]
+    vcr.patch.force_reset = force_reset  # the stubs import it from there at each call
+    for pool in (urllib3.connectionpool.HTTPConnectionPool, urllib3.HTTPSConnectionPool):
+        pool._new_conn = _locked(pool._new_conn)  # type: ignore[method-assign]
+
+
+def _locked(new_conn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def locked_new_conn(self: Any) -> Any:
+        with _VCR_LOCK:
+            return new_conn(self)
+
+    return locked_new_conn
+
+
 def recorder(mode: str, port_map: PortMap) -> vcr.VCR:
     """The recorder of every cassette: credentials dropped, requests matched in full."""
+    _serialize_vcr_resets()
     return vcr.VCR(
         record_mode="all" if mode == "record" else "none",
         match_on=["method", "scheme", "host", "port", "path", "query", "body"],
