@@ -163,11 +163,12 @@ def test_an_update_whose_late_request_fails_changes_nothing_and_the_retry_report
     assert forest.snapshot() == load_forest(direct).snapshot()
 
 
+@pytest.mark.parametrize("failing", ["GET /statistics", "GET /instances"])
 def test_a_stored_forest_whose_update_fails_puts_back_the_models_it_handed_out(
-    servers: Servers, tmp_path: Path
+    servers: Servers, tmp_path: Path, failing: str
 ) -> None:
     direct = servers.new(sample=True, stable_age=3600)
-    client = through_proxy(servers, direct, {"GET /statistics": 1})
+    client = through_proxy(servers, direct, {failing: 1})
     path = tmp_path / "f.forest"
     forest = open_forest(client, path)
     series = forest.series(synthetic.uid("series", 0, 0, 0, 0))
@@ -175,20 +176,25 @@ def test_a_stored_forest_whose_update_fails_puts_back_the_models_it_handed_out(
     held = (series.instance_ids, series.last_update, study.last_update)
     seq = forest.last_seq
     joined = upload(direct, LONGER, "P000/ST00/SE00/IM003")
+    gone = forest.patient("KK-0-0003").studies[1].series[1].instance_ids[:2]
+    for instance_id in gone:  # not in the feed: the counts differ
+        direct.delete(f"/instances/{instance_id}")
+    settle_statistics(servers, direct, instances=47)
 
     with pytest.raises(OrthancError, match="Injected fault"):
         forest.update()
     assert (series.instance_ids, series.last_update, study.last_update) == held
     assert len(series.instances) == 3 and series.instances[0].series is series
     assert forest.last_seq == seq == forest.store_info.last_seq
-    assert forest.get(joined[0]) is None
+    assert forest.get(joined[0]) is None and forest.get(gone[0]) is not None
 
     report = forest.update()
     assert report.added.instances == tuple(joined)
+    assert set(report.removed.instances) == set(gone)
     assert forest.snapshot() == load_forest(direct).snapshot()
     forest.close()
     with open_forest(direct, path, update=False) as reopened:
-        assert reopened.get(joined[0]) is not None
+        assert reopened.get(joined[0]) is not None and reopened.get(gone[0]) is None
 
 
 def test_readers_wait_for_a_running_update_and_see_before_or_after(servers: Servers) -> None:
