@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic_core
@@ -50,7 +51,7 @@ from ._limits import (
     too_large,
     watching,
 )
-from .errors import OrthancConnectionError
+from .errors import InvalidRequest, OrthancConnectionError
 
 Timeout = float | tuple[float, float]
 _R = TypeVar("_R")
@@ -106,6 +107,10 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 120.0)
 DEFAULT_MAX_ANSWER_BYTES = 256 << 20
 #: at most this much of an error answer's body is read: its message is all that is shown
 ERROR_BODY_LIMIT = 1 << 20
+#: a streamed request body is read and sent in blocks of this size
+SEND_BLOCK = 256 << 10
+#: a request body: bytes, or a seekable binary file sent from where it stands
+Body = bytes | IO[bytes]
 #: what the HTTP layers raise for a request that got no (complete) answer
 _ERRORS: tuple[type[Exception], ...] = (
     requests.exceptions.RequestException,
@@ -278,7 +283,8 @@ class Transport:
         *,
         params: Params | None = None,
         json_body: Any = None,
-        data: bytes | str | None = None,
+        data: Body | str | None = None,
+        length: int | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: Timeout | None = None,
         repeatable: bool | None = None,
@@ -289,6 +295,11 @@ class Transport:
         or a 502/503/504 (or 500 ``FileStorageCannotWrite``); by default GET-like methods and
         ``POST /instances`` are. The call, retries included, ends by the transport's
         ``deadline``; its answer may be at most ``max_answer_bytes`` long.
+
+        ``data`` may be a seekable binary file: ``length`` bytes of it (by default up to its
+        end) are sent from where it stands, in blocks, with a ``Content-Length``, and read
+        again from there for each attempt. One that ends early raises
+        :class:`InvalidRequest`.
         """
         method = method.upper()
         watch = self._call_watch(timeout)
@@ -300,6 +311,7 @@ class Transport:
                 params=params,
                 json_body=json_body,
                 data=data,
+                length=length,
                 headers=headers,
                 timeout=timeout,
                 repeatable=repeatable,
@@ -379,20 +391,27 @@ class Transport:
         *,
         params: Params | None = None,
         json_body: Any = None,
-        data: bytes | str | None = None,
+        data: Body | str | None = None,
+        length: int | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: Timeout | None = None,
         repeatable: bool | None = None,
     ) -> requests.Response:
         """Send until answered (an answer with its headers read, its body not yet)."""
         url = self.url_for(path)
-        body: bytes | str | None = data
+        body: bytes | str | _BodyStream | None = (
+            _BodyStream(data, length, method, path)
+            if data is not None and not isinstance(data, (bytes, str))
+            else data
+        )
         if json_body is not None:
             body = json.dumps(json_body)
 
         def send() -> requests.Response:
             target, query, hops = url, _clean_params(params), 0
             while True:
+                if isinstance(body, _BodyStream):
+                    body.rewind()  # each attempt, and a followed redirect, from the start
                 watch.stage = "the answer's headers"
                 response = self.session.request(
                     method,
@@ -632,12 +651,21 @@ class BinaryChannel:
         self,
         method: str,
         path: str,
-        body: bytes,
+        body: Body,
         *,
         content_type: str,
+        length: int | None = None,
         repeatable: bool | None = None,
     ) -> bytes:
-        """Send ``body`` and return the answer's body; errors as :meth:`Transport.request`."""
+        """Send ``body`` and return the answer's body; errors as :meth:`Transport.request`.
+
+        ``body`` is bytes, or a seekable binary file: then ``length`` bytes of it (by default
+        up to its end) are sent from where it stands, in blocks of :data:`SEND_BLOCK` bytes
+        with a ``Content-Length`` (never chunked: Orthanc's HTTP server wants the length), so
+        that memory stays bounded whatever its size; each attempt, and a followed redirect,
+        reads it again from there. A file that ends early raises :class:`InvalidRequest`;
+        what the file object raises itself while it is read passes through unchanged.
+        """
         transport = self._transport
         method = method.upper()
         if not self._plain:
@@ -645,10 +673,14 @@ class BinaryChannel:
                 method,
                 path,
                 data=body,
+                length=length,
                 headers={"Content-Type": content_type},
                 repeatable=repeatable,
             ).content
         headers = {**transport._fast_headers, "Content-Type": content_type}
+        payload = body if isinstance(body, bytes) else _BodyStream(body, length, method, path)
+        if isinstance(payload, _BodyStream):
+            headers["Content-Length"] = str(payload.length)
         limit = transport.max_answer_bytes
         watch = transport._call_watch()
 
@@ -657,8 +689,11 @@ class BinaryChannel:
             try:
                 while True:
                     conn = self._connection(watch)
+                    if isinstance(payload, _BodyStream):
+                        payload.rewind()
+                    watch.stage = "the server to take the request's body"
+                    conn.request(method, target, body=payload, headers=headers)
                     watch.stage = "the answer's headers"
-                    conn.request(method, target, body=body, headers=headers)
                     response = conn.getresponse()
                     watch.stage = "the answer's body"
                     status = response.status
@@ -701,7 +736,7 @@ class BinaryChannel:
         if conn is None:
             # looked up when used, so that recorders that patch http.client see it
             conn = http.client.HTTPConnection(
-                self._host, self._port, timeout=self._connect_timeout
+                self._host, self._port, timeout=self._connect_timeout, blocksize=SEND_BLOCK
             )
             self._conn = conn
         left = max(watch.left(), 0.01)
@@ -730,6 +765,44 @@ class BinaryChannel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _BodyStream:
+    """A file sent as a request body: ``length`` bytes from where it stood when given, read
+    block by block as the HTTP layer sends them (never whole), and from the start again for
+    each attempt. ``len()`` is what ``requests`` announces as the ``Content-Length``."""
+
+    def __init__(self, stream: IO[bytes], length: int | None, method: str, path: str) -> None:
+        self._stream = stream
+        self._start = stream.tell()
+        if length is None:
+            length = os.fstat(stream.fileno()).st_size - self._start
+        if length < 0:
+            raise ValueError(f"a body cannot be {length} bytes long")
+        self.length = length
+        self._left = length
+        self._what = f"{method} {path}"
+
+    def rewind(self) -> None:
+        self._stream.seek(self._start)
+        self._left = self.length
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # the rest at once: only recorders ask for that
+            return b"".join(iter(lambda: self.read(SEND_BLOCK), b""))
+        if self._left <= 0:
+            return b""
+        block = self._stream.read(min(size, self._left))
+        if not block:
+            raise InvalidRequest(
+                f"{self._what}: the body ended {self._left} bytes short of the "
+                f"{self.length} announced"
+            )
+        self._left -= len(block)
+        return block
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _asks_to_retry(info: _Answer) -> bool:

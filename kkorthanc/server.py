@@ -21,6 +21,7 @@ from ._transport import (
     DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_TIMEOUT,
     BinaryChannel,
+    Body,
     Params,
     Reply,
     Timeout,
@@ -362,16 +363,21 @@ class Server:
     def post_bytes(
         self,
         path: str,
-        data: bytes,
+        data: Body,
         *,
         content_type: str | None = None,
+        length: int | None = None,
         repeatable: bool | None = None,
     ) -> Reply:
-        """``POST path`` with a raw body and return the whole answer."""
+        """``POST path`` with a raw body and return the whole answer.
+
+        ``data`` is bytes, or a seekable binary file streamed from where it stands
+        (``length`` bytes, by default up to its end; read again for each attempt).
+        """
         self._note("POST", path)
         headers = {"Content-Type": content_type} if content_type else None
         return self._transport.request(
-            "POST", path, data=data, headers=headers, repeatable=repeatable
+            "POST", path, data=data, length=length, headers=headers, repeatable=repeatable
         )
 
     def post_for_bytes(self, path: str, body: Any = None) -> bytes:

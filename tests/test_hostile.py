@@ -8,6 +8,7 @@ password test needs a real Orthanc.
 from __future__ import annotations
 
 import base64
+import io
 import shutil
 import ssl
 import subprocess
@@ -168,7 +169,25 @@ CALLS: dict[str, Callable[[Transport], object]] = {
         "POST", "/instances", b"DICM", content_type="application/dicom"
     ),
     "download": lambda transport: transport.download("GET", "/system", collected),
+    # a file sent as it is read (an upload of a large file): 4 bytes after 2 skipped
+    "channel-file": lambda transport: transport.channel().send(
+        "POST", "/instances", opened_at(b"--DICM", 2), content_type="application/dicom"
+    ),
 }
+
+
+def opened_at(data: bytes, position: int) -> io.BufferedReader:
+    """A binary file of ``data`` (on disk, as uploads send them), at ``position``."""
+    import tempfile
+
+    stream = tempfile.TemporaryFile()  # noqa: SIM115 - the caller sends it, the collector closes it
+    stream.write(data)
+    stream.seek(position)
+    return stream  # type: ignore[return-value]
+
+
+def body_of(request: bytes) -> bytes:
+    return request.partition(b"\r\n\r\n")[2]
 
 
 @pytest.mark.parametrize("path", sorted(CALLS))
@@ -484,7 +503,12 @@ def test_answers_that_are_not_json_name_the_request() -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "status"), [("request", "302 Found"), ("channel", "307 Temporary Redirect")]
+    ("path", "status"),
+    [
+        ("request", "302 Found"),
+        ("channel", "307 Temporary Redirect"),
+        ("channel-file", "307 Temporary Redirect"),
+    ],
 )
 def test_a_redirect_to_another_origin_is_refused(path: str, status: str) -> None:
     with FakeServer(answering(reply())) as elsewhere:
@@ -500,7 +524,7 @@ def test_a_redirect_to_another_origin_is_refused(path: str, status: str) -> None
     assert transport.request_count == 1
 
 
-@pytest.mark.parametrize("path", ["request", "channel"])
+@pytest.mark.parametrize("path", ["request", "channel", "channel-file"])
 def test_a_same_origin_redirect_is_followed_and_counted(path: str) -> None:
     def answer(server: FakeServer, conn: Any, request: bytes) -> None:
         if path_of(request) in ("/system", "/instances"):
@@ -514,6 +538,9 @@ def test_a_same_origin_redirect_is_followed_and_counted(path: str) -> None:
     assert [path_of(request) for request in server.requests][1] == "/moved?x=1"
     assert header_of(server.requests[1], "Authorization") == basic("kk", "pw")
     assert transport.request_count == 2
+    if path.startswith("channel"):  # the body again, whole, from where the file stood
+        assert [body_of(request) for request in server.requests] == [b"DICM", b"DICM"]
+        assert [header_of(r, "Content-Length") for r in server.requests] == [b"4", b"4"]
 
 
 @pytest.mark.parametrize("path", ["request", "channel"])
@@ -579,7 +606,7 @@ def upstream() -> Iterator[FakeServer]:
         yield server
 
 
-@pytest.mark.parametrize("path", ["request", "channel"])
+@pytest.mark.parametrize("path", ["request", "channel", "channel-file"])
 @pytest.mark.parametrize(
     ("fault", "wording"),
     [
@@ -608,3 +635,34 @@ def test_a_refused_connection_says_cannot_reach(path: str) -> None:
     with pytest.raises(OrthancConnectionError, match=r"cannot reach http://127\.0\.0\.1") as caught:
         CALLS[path](transport)
     assert not isinstance(caught.value, OrthancTimeout)
+
+
+# -- 8. file bodies ------------------------------------------------------------------------------
+
+
+def test_a_file_body_is_sent_with_its_length_over_tls_too(
+    certificate: tuple[Path, Path],
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    answer = answering(reply(b'{"Status": "Success"}'))
+    with FakeServer(answer, tls=context) as server:
+        transport = transport_for(server.url, verify=str(certificate[0]))
+        channel = transport.channel()
+        channel.send("POST", "/instances", opened_at(data, 0), content_type="application/dicom")
+    (request,) = server.requests
+    assert header_of(request, "Content-Length") == str(len(data)).encode()
+    assert header_of(request, "Transfer-Encoding") is None
+    assert body_of(request) == data
+
+
+def test_a_file_body_that_ends_early_is_refused_and_not_retried() -> None:
+    answer = answering(reply(b'{"Status": "Success"}'))
+    with FakeServer(answer) as server:
+        transport = transport_for(server.url, retries=3)
+        with pytest.raises(InvalidRequest, match="POST /instances: the body ended 6 bytes short"):
+            transport.channel().send(
+                "POST", "/instances", opened_at(b"DICM", 0), content_type="x", length=10
+            )
+    assert transport.request_count == 1

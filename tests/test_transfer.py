@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -1010,16 +1011,15 @@ def test_two_gigabyte_files_are_prechecked_from_their_head(tmp_path: Path) -> No
         junk.unlink()
         fake.unlink()
     # the junk is still refused from its head; the other passes the pre-check, so it is
-    # read (once, in one buffer: one copy, not two) and the server refuses it
+    # sent, streamed from the file (a few blocks in memory, not 2 GiB), and the server
+    # refuses it
     assert [Path(i.source).name for i in both] == ["junk.dcm", "fake.dcm"]
     assert [i.status for i in both] == ["rejected", "rejected"], both.items
     refused = both.items[1]
     if client.request_count:  # sent: the server's own refusal, with its details
         assert client.request_count == 1 and server.received == [size]
         assert refused.details == "Cannot parse an invalid DICOM file"
-        assert traced < size + limit, traced
-    else:  # a pre-check that looks past the marker may refuse it from its head alone
-        assert traced < limit, traced
+    assert traced < STREAM_MEMORY_LIMIT, traced
     assert elapsed < 60, elapsed
 
 
@@ -1081,3 +1081,272 @@ def test_the_resume_check_reads_the_uid_from_the_head_in_any_encoding(tmp_path: 
     for junk in (b"", b"\x00" * 4096, b"\x00" * 128 + b"DICM" + bytes(range(256)) * 4):
         assert sop_instance_uid(junk) is None
     assert read_sop_instance_uid(tmp_path / "missing.dcm") is None
+
+
+# -- streamed uploads ------------------------------------------------------------------------
+
+
+def large_dicom(path: Path, frames: int, *, uid: str = "1.2.826.0.1.3680043.10.1234.999") -> int:
+    """Write a valid Part-10 file whose pixel data are ``frames`` frames of 1024 x 1024 16-bit
+    zeros (2 MiB each), sparse on disk: the header is written, the pixel data is a hole.
+    Returns the file's size."""
+
+    def element(group: int, number: int, vr: str, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0" if vr in ("UI", "OB") else b" "
+        tag = struct.pack("<HH", group, number) + vr.encode()
+        if vr in ("OB", "OW"):
+            return tag + b"\0\0" + struct.pack("<I", len(value)) + value
+        return tag + struct.pack("<H", len(value)) + value
+
+    def us(value: int) -> bytes:
+        return struct.pack("<H", value)
+
+    sop_class = b"1.2.840.10008.5.1.4.1.1.7"
+    meta = b"".join(
+        [
+            element(0x0002, 0x0001, "OB", b"\0\1"),
+            element(0x0002, 0x0002, "UI", sop_class),
+            element(0x0002, 0x0003, "UI", f"{uid}.3".encode()),
+            element(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"),
+        ]
+    )
+    dataset = b"".join(
+        [
+            element(0x0008, 0x0016, "UI", sop_class),
+            element(0x0008, 0x0018, "UI", f"{uid}.3".encode()),
+            element(0x0010, 0x0010, "PN", b"LARGE^FILE"),
+            element(0x0010, 0x0020, "LO", b"KK-LARGE"),
+            element(0x0020, 0x000D, "UI", f"{uid}.1".encode()),
+            element(0x0020, 0x000E, "UI", f"{uid}.2".encode()),
+            element(0x0028, 0x0002, "US", us(1)),
+            element(0x0028, 0x0004, "CS", b"MONOCHROME2"),
+            element(0x0028, 0x0008, "IS", str(frames).encode()),
+            element(0x0028, 0x0010, "US", us(1024)),
+            element(0x0028, 0x0011, "US", us(1024)),
+            element(0x0028, 0x0100, "US", us(16)),
+            element(0x0028, 0x0101, "US", us(16)),
+            element(0x0028, 0x0102, "US", us(15)),
+            element(0x0028, 0x0103, "US", us(0)),
+        ]
+    )
+    pixels = frames * 1024 * 1024 * 2
+    head = (
+        bytes(128)
+        + b"DICM"
+        + element(0x0002, 0x0000, "UL", struct.pack("<I", len(meta)))
+        + meta
+        + dataset
+        + struct.pack("<HH", 0x7FE0, 0x0010)
+        + b"OW\0\0"
+        + struct.pack("<I", pixels)
+    )
+    with open(path, "wb") as out:
+        out.write(head)
+        out.truncate(len(head) + pixels)
+    return len(head) + pixels
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SinkServer:
+    """A loopback server that takes ``POST /instances`` as Orthanc does (``Success``, on a
+    keep-alive connection) and keeps of each body only its length and SHA-256, so that it
+    costs no memory. ``on_headers(n)`` runs when the headers of request ``n`` are in, before
+    its body is read; ``cut_first`` closes the first connection after that many body bytes,
+    without an answer."""
+
+    def __init__(self, on_headers: Any = None, cut_first: int | None = None) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.heads: list[bytes] = []
+        self.bodies: list[tuple[int, str]] = []  # length and SHA-256 of each complete body
+        self.on_headers = on_headers
+        self.cut_first = cut_first
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        import hashlib
+
+        buffer = bytearray(1 << 20)
+        conn.settimeout(20)
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                number = len(self.heads)
+                self.heads.append(head)
+                if self.on_headers is not None:
+                    self.on_headers(number)
+                length = int(header_value(head, b"content-length") or 0)
+                digest = hashlib.sha256(rest)
+                left = length - len(rest)
+                cut = self.cut_first if number == 0 else None
+                while left > 0:
+                    if cut is not None and length - left >= cut:
+                        return  # the connection closes mid-body
+                    got = conn.recv_into(buffer, min(left, len(buffer)))
+                    if not got:
+                        return
+                    digest.update(memoryview(buffer)[:got])
+                    left -= got
+                self.bodies.append((length, digest.hexdigest()))
+                body = b'{"ID": "a-b-c-d-e", "Status": "Success", "Path": "/instances/x"}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                data = b""
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def header_value(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def traced_upload(client: Orthanc, source: Any, **options: Any) -> tuple[UploadReport, int]:
+    """An upload and the peak of Python memory allocated meanwhile (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        report = transfer.upload(client, source, progress=False, **options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return report, peak
+
+
+#: what an upload of one large file may hold at its peak: a few blocks, not the file
+STREAM_MEMORY_LIMIT = 8 << 20
+
+
+def test_a_large_file_is_streamed_with_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "large.dcm"
+    size = large_dicom(path, frames=120)  # 240 MiB
+    expected = file_digest(path)
+    server = SinkServer()
+    client = Orthanc(server.url, auth=("kk", "unused"))
+    try:
+        start = time.monotonic()
+        report, peak = traced_upload(client, path, workers=2)
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+        client.close()
+    (item,) = report.items
+    assert item.status == "stored", item
+    assert item.size == size and item.instance_id == "a-b-c-d-e"
+    assert server.bodies == [(size, expected)]  # every byte, once, in order
+    (head,) = server.heads
+    assert header_value(head, b"content-length") == str(size).encode()
+    assert header_value(head, b"transfer-encoding") is None  # not chunked
+    assert report.requests == client.request_count == 1
+    # it used to be read whole: 240 MiB at the peak
+    assert peak < STREAM_MEMORY_LIMIT, peak
+    assert elapsed < 20, elapsed
+
+
+def test_a_streamed_file_is_sent_again_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "large.dcm"
+    size = large_dicom(path, frames=16)  # 32 MiB
+    server = SinkServer(cut_first=5 << 20)  # the first connection drops after 5 MiB
+    client = Orthanc(server.url, auth=("kk", "unused"))
+    try:
+        report, peak = traced_upload(client, path, workers=1)
+    finally:
+        server.close()
+        client.close()
+    assert [item.status for item in report] == ["stored"], report.items
+    assert server.bodies == [(size, file_digest(path))]  # the retry sent it whole
+    assert len(server.heads) == 2 and report.requests == client.request_count == 2
+    assert peak < STREAM_MEMORY_LIMIT, peak
+
+
+@pytest.mark.parametrize("change", ["shrinks", "grows", "vanishes"])
+def test_a_file_that_changes_while_it_is_sent_is_reported(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "changing.dcm"
+    size = large_dicom(path, frames=32)  # 64 MiB: more than the socket buffers hold
+    other = tmp_path / "other.dcm"
+    other_size = large_dicom(other, frames=1, uid="1.2.826.0.1.3680043.10.1234.998")
+    original = file_digest(path)
+
+    def on_headers(number: int) -> None:
+        if number:
+            return
+        if change == "shrinks":
+            os.truncate(path, 1 << 20)
+        elif change == "grows":
+            with open(path, "ab") as out:
+                out.write(b"\0" * 1024)
+        else:
+            path.unlink()
+
+    server = SinkServer(on_headers=on_headers)
+    client = Orthanc(server.url, auth=("kk", "unused"))
+    try:
+        report = transfer.upload(client, [path, other], workers=1, progress=False)
+    finally:
+        server.close()
+        client.close()
+    first, second = report.items
+    assert second.status == "stored" and second.size == other_size  # the run goes on
+    if change == "vanishes":  # its open file is still whole: sent as it was checked
+        assert first.status == "stored" and first.size == size
+        assert server.bodies == [(size, original), (other_size, file_digest(other))]
+        return
+    assert first.status == "failed" and first.size == size, first
+    assert first.error is not None
+    verb = "shrank" if change == "shrinks" else "changed"
+    assert first.error.startswith(f"not sent: it {verb}")
+    assert "while it was sent" in first.error
+    # the server never got the whole body of the first, so it stored nothing of it
+    assert server.bodies == [(other_size, file_digest(other))]
+    assert report.requests == 2  # the changed file is not sent again
+
+
+@pytest.mark.live_only
+def test_a_large_file_is_stored_intact_by_orthanc(servers: Servers, tmp_path: Path) -> None:
+    client = servers.new()
+    path = tmp_path / "large.dcm"
+    size = large_dicom(path, frames=120)  # 240 MiB
+    report, peak = traced_upload(client, path, workers=1)
+    (item,) = report.items
+    assert item.status == "stored" and item.size == size, item
+    assert report.requests == 1
+    assert peak < STREAM_MEMORY_LIMIT, peak
+    assert item.instance_id is not None
+    instance = client.get("instance", item.instance_id)
+    assert isinstance(instance, Instance)
+    assert instance.sop_instance_uid == "1.2.826.0.1.3680043.10.1234.999.3"
+    assert instance.file_size == size
+    stored_md5 = client.get_bytes(f"/instances/{item.instance_id}/attachments/dicom/md5")
+    assert stored_md5.decode().strip() == file_digest(path, "md5")

@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import (
     Forbidden,
@@ -27,7 +27,6 @@ from .sources import (
     _not_dicom,
     _os_reason,
     _Producer,
-    _read_capped,
     _Task,
 )
 
@@ -39,12 +38,60 @@ if TYPE_CHECKING:
 DEFAULT_MAX_MEMBER_SIZE = 2 * 1024**3
 
 
-class _Uploader:
-    """Worker side of an upload: read, pre-check, POST, classify.
+class _Changed(Exception):
+    """A file changed, or could no longer be read, while it was being sent."""
 
-    A worker holds at most one item in memory, never more than ``max_member_size`` bytes:
-    a file is opened, its head pre-checked, and only a file that passed is read whole (in
-    one buffer) and sent.
+
+class _FileBody:
+    """An accepted file on its way to the server, read block by block as the transport sends
+    it (so a worker holds one block, never the file), from the start again for each attempt.
+
+    The file must stay as it was when its head was checked: the size then is the
+    ``Content-Length``; a file that ends early, or whose size or modification time differ
+    once its last block is read, raises :class:`_Changed` before that block goes out, so the
+    server never gets a complete body and stores nothing.
+    """
+
+    def __init__(self, stream: IO[bytes], info: os.stat_result) -> None:
+        self.stream = stream
+        self.size = info.st_size
+        self._mtime = info.st_mtime_ns
+        self._position = stream.seek(0)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._position = self.stream.seek(offset, whence)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            block = self.stream.read(size)
+            self._position += len(block)
+            if not block and self._position < self.size:
+                raise _Changed(
+                    f"it shrank to {self._position} bytes while it was sent ({self.size} "
+                    "when it was checked)"
+                )
+            if self._position >= self.size and (block or size == 0):
+                info = os.fstat(self.stream.fileno())
+                if info.st_size != self.size or info.st_mtime_ns != self._mtime:
+                    raise _Changed(
+                        f"it changed while it was sent ({self.size} bytes when it was "
+                        f"checked, {info.st_size} now)"
+                    )
+        except OSError as exc:  # not the server's fault: never retried as a connection error
+            raise _Changed(f"cannot read: {_os_reason(exc)}") from exc
+        return block
+
+
+class _Uploader:
+    """Worker side of an upload: pre-check, POST, classify.
+
+    A file is opened and its head pre-checked; one that passed is sent from the open file,
+    block by block (:class:`_FileBody`), so a worker holds one block of it, whatever its
+    size. Items already in memory (archive members, bytes, datasets) are sent as they are.
     """
 
     def __init__(self, max_member_size: int, max_consecutive_failures: int | None) -> None:
@@ -71,51 +118,60 @@ class _Uploader:
         item.seconds = time.perf_counter() - start
         return item
 
-    def _read(self, task: _Task) -> bytes | UploadItem:
-        """A file's content, once its head passed the pre-check; or its outcome."""
+    def _send_file(self, task: _Task, channel: BinaryChannel) -> UploadItem:
+        """Open a file, pre-check its head, and send it from the open file."""
         assert task.path is not None
         try:
-            with open(task.path, "rb") as stream:
-                size = task.size = os.fstat(stream.fileno()).st_size
+            stream = open(task.path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
+        with stream:
+            try:
+                info = os.fstat(stream.fileno())
+                size = task.size = info.st_size
                 if size > self.cap:
                     return UploadItem(
                         task.source,
                         "rejected",
                         error=f"larger than max_member_size ({self.cap} bytes)",
                     )
-                head = stream.read(min(PRECHECK_BYTES, self.cap + 1))
-                reason = _not_dicom(head)
+                reason = _not_dicom(stream.read(min(PRECHECK_BYTES, self.cap + 1)))
                 if reason is not None:
                     return UploadItem(task.source, "rejected", size=size, error=reason)
                 if self.tripped is not None:
                     return UploadItem(task.source, "failed", size=size, error=self.tripped)
-                data = _read_capped(stream, self.cap, size, head)
-        except OSError as exc:
-            return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
-        if data is None:  # it grew past the limit while it was read
-            return UploadItem(
-                task.source, "rejected", error=f"larger than max_member_size ({self.cap} bytes)"
-            )
-        return data
+                body = _FileBody(stream, info)
+            except OSError as exc:
+                return UploadItem(task.source, "failed", error=f"cannot read: {_os_reason(exc)}")
+            try:
+                return self._post(task, channel, body, size)
+            except _Changed as exc:
+                # the server got an incomplete body at most, so it stored nothing: failed,
+                # and a rerun sends the file as it is then
+                return UploadItem(task.source, "failed", size=size, error=f"not sent: {exc}")
 
     def _run(self, task: _Task, channel: BinaryChannel) -> UploadItem:
         if task.status is not None:
             return UploadItem(task.source, task.status, size=task.size, error=task.error)
         data = task.data
         if data is None:
-            read = self._read(task)
-            if isinstance(read, UploadItem):
-                return read
-            data = read
-        else:
-            reason = _not_dicom(data[:PRECHECK_BYTES])
-            if reason is not None:
-                return UploadItem(task.source, "rejected", size=len(data), error=reason)
-            if self.tripped is not None:
-                return UploadItem(task.source, "failed", size=len(data), error=self.tripped)
-        size = len(data)
+            return self._send_file(task, channel)
+        reason = _not_dicom(data[:PRECHECK_BYTES])
+        if reason is not None:
+            return UploadItem(task.source, "rejected", size=len(data), error=reason)
+        if self.tripped is not None:
+            return UploadItem(task.source, "failed", size=len(data), error=self.tripped)
+        return self._post(task, channel, data, len(data))
+
+    def _post(
+        self, task: _Task, channel: BinaryChannel, data: bytes | _FileBody, size: int
+    ) -> UploadItem:
+        """``POST /instances`` and classify the answer (a file is sent as it is read)."""
+        body: Any = data  # a _FileBody is a binary file as far as the channel is concerned
         try:
-            content = channel.send("POST", "/instances", data, content_type="application/dicom")
+            content = channel.send(
+                "POST", "/instances", body, content_type="application/dicom", length=size
+            )
         except (Unauthorized, Forbidden):
             raise
         except NotFound as exc:
