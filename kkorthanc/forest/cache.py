@@ -31,8 +31,9 @@ class ForestCache:
     size (and the file, for a stored forest): two clients of the same server and user share a
     forest. A lock makes two threads asking at once build it once. A forest handed out after
     this process wrote to the server (an upload, a deletion, a modification, a label: see
-    ``Server.write_epoch``) is first brought up to date with :meth:`PatientForest.update`, so
-    it never shows the server as it was before a write made through any client of this
+    ``Server.write_epoch``) is first brought up to date with :meth:`PatientForest.update`
+    (labels included, which the change feed does not log: ``update(labels=True)``), so it
+    never shows the server as it was before a write made through any client of this
     process.
     """
 
@@ -120,7 +121,7 @@ class ForestCache:
                     stale = self._cache.get(key)
                 # written to since it was built: catch up
                 if stale is not None and not getattr(stale[0], "closed", False):
-                    stale[0].update()
+                    stale[0].update(labels=True)  # the write may have been a label
                     with self._lock:
                         self._hits += 1
                         self._cache[key] = (stale[0], epoch)
