@@ -1,0 +1,223 @@
+"""The in-memory forest, offline: finds narrowed by the identifier indexes, compact storage.
+
+The forests here are built by the real build (``load_forest``) from expanded JSON listings
+that a stand-in client serves: no server, no cassette.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import kkorthanc.query as kq
+from kkorthanc import Resource, orthanc_id
+from kkorthanc.forest import PatientForest, load_forest
+
+
+class ListingClient:
+    """Serves the four expanded listings of a made-up server, and counts the requests."""
+
+    url = "http://listings.invalid"
+
+    def __init__(self, listings: dict[str, list[dict[str, Any]]]) -> None:
+        self.listings = listings
+        self.request_count = 0
+
+    def last_change(self) -> int:
+        self.request_count += 1
+        return 7
+
+    def iter_listings(
+        self, paths: Sequence[str], *, page_size: int = 1000, prefetch: bool = False, **_: Any
+    ) -> Iterator[tuple[str, list[Any]]]:
+        for path in paths:
+            items = self.listings[path]
+            for start in range(0, max(len(items), 1), page_size):
+                self.request_count += 1
+                yield path, [dict(item) for item in items[start : start + page_size]]
+
+
+def listings(patients: int, studies: int = 2, series: int = 2, instances: int = 3) -> Any:
+    """Expanded JSON of ``patients`` x ``studies`` x ``series`` x ``instances``."""
+    out: dict[str, list[dict[str, Any]]] = {
+        "/patients": [],
+        "/studies": [],
+        "/series": [],
+        "/instances": [],
+    }
+    for p in range(patients):
+        pid = f"KK-{p:04d}"
+        patient_tags = {"PatientID": pid, "PatientName": f"NAME^{p}", "PatientSex": "F"}
+        pat = orthanc_id(pid)
+        study_ids = []
+        for s in range(studies):
+            suid = f"1.2.{p}.{s}"
+            st = orthanc_id(pid, suid)
+            study_ids.append(st)
+            series_ids = []
+            for r in range(series):
+                ruid = f"{suid}.{r}"
+                se = orthanc_id(pid, suid, ruid)
+                series_ids.append(se)
+                instance_ids = []
+                for i in range(instances):
+                    iuid = f"{ruid}.{i}"
+                    ins = orthanc_id(pid, suid, ruid, iuid)
+                    instance_ids.append(ins)
+                    out["/instances"].append(
+                        {
+                            "ID": ins,
+                            "Type": "Instance",
+                            "ParentSeries": se,
+                            "FileSize": 1000 + i,
+                            "FileUuid": f"f-{p}-{s}-{r}-{i}",
+                            "IndexInSeries": i + 1,
+                            "IsStable": True,
+                            "LastUpdate": "20240101T120000",
+                            "Labels": [],
+                            "MainDicomTags": {"SOPInstanceUID": iuid, "InstanceNumber": str(i + 1)},
+                        }
+                    )
+                out["/series"].append(
+                    {
+                        "ID": se,
+                        "Type": "Series",
+                        "ParentStudy": st,
+                        "Instances": instance_ids,
+                        "IsStable": True,
+                        "Status": "Unknown",
+                        "LastUpdate": "20240101T120000",
+                        "Labels": [],
+                        "MainDicomTags": {
+                            "SeriesInstanceUID": ruid,
+                            "Modality": "CT" if r % 2 == 0 else "MR",
+                            "SeriesNumber": str(r + 1),
+                        },
+                    }
+                )
+            out["/studies"].append(
+                {
+                    "ID": st,
+                    "Type": "Study",
+                    "ParentPatient": pat,
+                    "Series": series_ids,
+                    "IsStable": True,
+                    "LastUpdate": "20240101T120000",
+                    "Labels": [],
+                    "MainDicomTags": {
+                        "StudyInstanceUID": suid,
+                        "AccessionNumber": f"acc{p}x{s}",
+                        "StudyDate": f"2020{s + 1:02d}01",
+                    },
+                    "PatientMainDicomTags": dict(patient_tags),
+                }
+            )
+        out["/patients"].append(
+            {
+                "ID": pat,
+                "Type": "Patient",
+                "Studies": study_ids,
+                "IsStable": True,
+                "LastUpdate": "20240101T120000",
+                "Labels": [],
+                "MainDicomTags": patient_tags,
+            }
+        )
+    return out
+
+
+def offline_forest(patients: int = 20, **shape: int) -> PatientForest:
+    return load_forest(ListingClient(listings(patients, **shape)))  # type: ignore[arg-type]
+
+
+def ids(found: Sequence[Resource]) -> list[str]:
+    return [r.id for r in found]
+
+
+@pytest.fixture
+def examined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of resources (all levels) each ``local_find`` call could examine."""
+    sizes: list[int] = []
+    original = kq.local_find
+
+    def counting(forest: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        sizes.append(
+            sum(len(getattr(forest, c)) for c in ("patients", "studies", "series", "instances"))
+        )
+        return original(forest, *args, **kwargs)
+
+    monkeypatch.setattr(kq, "local_find", counting)
+    return sizes
+
+
+def full_scan(forest: PatientForest, level: str, **tags: Any) -> list[str]:
+    """The answer of a find over every resource, no index."""
+    lists = SimpleNamespace(
+        depth=forest.depth,
+        patients=list(forest.patients),
+        studies=list(forest.studies),
+        series=list(forest.series),
+        instances=list(forest.instances),
+    )
+    return ids(kq.local_find(lists, level, **tags))
+
+
+#: (level, query, resources the find may examine: the anchor's ancestors, itself, below it)
+INDEXED = [
+    ("patient", {"PatientID": "kk-0003"}, 1 + 2 + 4 + 12),  # any letter case: normalized key
+    ("instance", {"PatientID": "KK-0003"}, 1 + 2 + 4 + 12),
+    ("instance", {"PatientID": "KK-0003\\KK-0005", "InstanceNumber": "2"}, 2 * 19),
+    ("study", {"StudyInstanceUID": "1.2.4.1"}, 1 + 1 + 2 + 6),
+    ("instance", {"StudyInstanceUID": "1.2.4.1"}, 1 + 1 + 2 + 6),
+    ("study", {"AccessionNumber": "ACC4X1"}, 1 + 1 + 2 + 6),
+    ("series", {"SeriesInstanceUID": "1.2.6.0.1"}, 1 + 1 + 1 + 3),
+    ("instance", {"SeriesInstanceUID": "1.2.6.0.1", "Modality": "MR"}, 1 + 1 + 1 + 3),
+    ("instance", {"SOPInstanceUID": "1.2.7.1.0.2"}, 4),
+    ("instance", {"PatientID": "KK-0007", "SOPInstanceUID": "1.2.7.1.0.2"}, 4),  # the fewest
+    ("series", {"SeriesInstanceUID": "9.9.9"}, 0),  # no such identifier: nothing to examine
+]
+
+
+@pytest.mark.parametrize(("level", "query", "size"), INDEXED)
+def test_identifier_finds_examine_only_what_the_indexes_name(
+    examined: list[int], level: str, query: dict[str, Any], size: int
+) -> None:
+    forest = offline_forest()
+    total = forest.counts.total
+    expected = full_scan(forest, level, **query)
+    examined.clear()
+    assert ids(forest.find(level, query)) == expected
+    assert examined == [size] and size <= total / 10
+
+
+def test_finds_without_an_indexed_identifier_examine_everything(examined: list[int]) -> None:
+    forest = offline_forest()
+    for level, query in [
+        ("study", {"PatientName": "NAME^3"}),
+        ("instance", {"PatientID": "KK-000*"}),  # a wildcard: not an index key
+        ("series", {"Modality": "MR"}),
+    ]:
+        expected = full_scan(forest, level, **query)
+        examined.clear()
+        assert ids(forest.find(level, query)) == expected
+        assert examined == [forest.counts.total]
+
+
+def test_index_keys_are_normalized_but_lookups_stay_exact() -> None:
+    data = listings(3, studies=1, series=1, instances=1)
+    data["/patients"][1]["MainDicomTags"]["PatientID"] = "ab_c"
+    data["/studies"][1]["PatientMainDicomTags"]["PatientID"] = "ab_c"
+    data["/patients"][2]["MainDicomTags"]["PatientID"] = "AB C"
+    data["/studies"][2]["PatientMainDicomTags"]["PatientID"] = "AB C"
+    forest = load_forest(ListingClient(data))  # type: ignore[arg-type]
+    assert [p.patient_id for p in forest.lookup("ab_c")] == ["ab_c"]  # exact, as before
+    assert [p.patient_id for p in forest.lookup("AB C")] == ["AB C"]
+    assert forest.lookup("AB_C") == []
+    # a find compares normalized keys first, then Orthanc's exact check decides
+    for value in ("ab_c", "AB C", "Ab_C", "ab%c"):
+        assert ids(forest.find("patient", PatientID=value)) == full_scan(
+            forest, "patient", PatientID=value
+        )
