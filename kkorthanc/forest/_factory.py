@@ -143,8 +143,9 @@ class _Factory:
     lot), which also lets equal values share one object. The models are built small: one
     fields set per level and combination of given fields, shared (copied by a model before a
     field is assigned), the ``__dict__`` a key-sharing dict, and each Orthanc ID one string
-    for the resource, its parent's child list and its children's parent field. Anything unexpected (a non-string tag,
-    a field type the plan does not know) goes through ``from_orthanc`` and its validation.
+    for the resource, its parent's child list and its children's parent field. Anything
+    unexpected (a non-string tag, a field type the plan does not know) goes through
+    ``from_orthanc`` and its validation.
     """
 
     def __init__(self, cls: type[Resource]) -> None:
