@@ -6,6 +6,7 @@ that a stand-in client serves: no server, no cassette.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import tracemalloc
@@ -18,7 +19,7 @@ import pytest
 
 import kkorthanc.query as kq
 from kkorthanc import Instance, Patient, Resource, Series, Study, orthanc_id
-from kkorthanc.forest import PatientForest, load_forest
+from kkorthanc.forest import PatientForest, load_compact_forest, load_forest
 
 
 class ListingClient:
@@ -273,3 +274,87 @@ def test_a_built_forest_costs_far_less_memory_per_resource() -> None:
     # 2,510 bytes with a fields set and a plain dict per model and each ID string repeated
     # where it is named; about 1,310 with the shared sets, key-sharing dicts and one string
     assert per < 1_500, per
+
+
+# -- the compact forest ----------------------------------------------------------------------
+
+
+def memory_per_resource(load: Any, data: Any) -> float:
+    client = ListingClient(data)
+    gc.collect()
+    tracemalloc.start()
+    forest = load(client)
+    gc.collect()
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    per: float = current / forest.counts.total
+    return per
+
+
+def test_a_compact_forest_holds_under_600_bytes_per_resource() -> None:
+    per = memory_per_resource(load_compact_forest, listings(40))
+    assert per < 600, per
+    assert memory_per_resource(load_forest, listings(40)) > 2 * per
+
+
+def same_models(a: Sequence[Resource], b: Sequence[Resource]) -> None:
+    assert ids(a) == ids(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.__dict__ == y.__dict__ and x.model_fields_set == y.model_fields_set
+
+
+def test_a_compact_forest_makes_the_models_of_a_patient_when_one_is_touched() -> None:
+    data = listings(6)
+    plain = load_forest(ListingClient(copy.deepcopy(data)))  # type: ignore[arg-type]
+    client = ListingClient(data)
+    forest = load_compact_forest(client)  # type: ignore[arg-type]
+    assert client.request_count == 5  # the feed, then one page per level
+    state: Any = forest._state
+    tree = 1 + 2 + 2 * 2 + 2 * 2 * 3
+    assert state.held() == 0
+    assert forest.counts == plain.counts and len(forest.instances) == 6 * 12
+    study = forest.study("1.2.3.1")
+    assert state.held() == tree
+    assert study.patient.studies[1].series[0].instances[2].study.patient is study.patient
+    assert study.patient.studies[1].series[0].instances[2].client is client
+    assert forest.study(study.id) is study and forest.get("1.2.3.1") is study
+    assert state.held() == tree  # walking and looking up within it make nothing
+    same_models([study], [plain.study("1.2.3.1")])
+    assert ids(forest.find("instance", PatientID="kk-0004")) == ids(
+        plain.find("instance", PatientID="kk-0004")
+    )
+    assert state.held() == 2 * tree
+    assert forest.find("series", SeriesInstanceUID="9.9.9") == [] and state.held() == 2 * tree
+    assert ids(forest.by_accession_number("acc5x0")) == ids(plain.by_accession_number("acc5x0"))
+    assert forest.by_accession_number("ACC5X0") == []  # exact, as in a forest of models
+    assert state.held() == 3 * tree
+    assert forest.patient("KK-0005").studies[0].accession_number == "acc5x0"
+    assert state.held() == 3 * tree
+    assert ids(forest.find("series", Modality="MR")) == ids(plain.find("series", Modality="MR"))
+    assert state.held() == plain.counts.total  # any other query makes every model
+    assert forest.snapshot() == plain.snapshot()
+    for level in ("patients", "studies", "series", "instances"):
+        same_models(getattr(forest, level), getattr(plain, level))
+    assert forest.study("1.2.3.1") is study  # the same objects, once everything is made
+
+
+def test_a_compact_forest_leaves_out_what_a_build_leaves_out() -> None:
+    data = listings(3)
+    dropped_study = data["/patients"][1]["Studies"].pop()  # stored after the patients' listing
+    dropped_series = data["/series"].pop(0)  # deleted between two listings
+    plain = load_forest(ListingClient(copy.deepcopy(data)))  # type: ignore[arg-type]
+    forest = load_compact_forest(ListingClient(data))  # type: ignore[arg-type]
+    assert forest.counts == plain.counts and forest.counts.studies == 5
+    assert forest.get(dropped_study) is None and forest.get(dropped_series["ID"]) is None
+    assert forest.studies(data["/studies"][0]["ID"]).series_ids == plain.studies[0].series_ids
+    assert len(plain.studies[0].series_ids) == 1
+    assert forest.snapshot() == plain.snapshot()
+
+
+def test_a_compact_forest_at_series_depth_counts_instances_from_the_child_lists() -> None:
+    data = listings(4)
+    plain = load_forest(ListingClient(copy.deepcopy(data)), depth="series")  # type: ignore[arg-type]
+    forest = load_compact_forest(ListingClient(data), depth="series")  # type: ignore[arg-type]
+    assert forest.counts == plain.counts and forest.counts.instances == 48
+    assert forest._state.held() == 0  # type: ignore[attr-defined]
+    assert forest.snapshot() == plain.snapshot()
