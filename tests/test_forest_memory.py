@@ -1,7 +1,8 @@
-"""The in-memory forest, offline: finds narrowed by the identifier indexes, compact storage.
+"""The in-memory forest: finds narrowed by the identifier indexes, compact storage.
 
-The forests here are built by the real build (``load_forest``) from expanded JSON listings
-that a stand-in client serves: no server, no cassette.
+Most forests here are built by the real builds (``load_forest``, ``load_compact_forest``)
+from expanded JSON listings that a stand-in client serves: no server, no cassette. The
+compact forest's update runs against a server (replayed, or ``--live``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import pydantic_core
 import pytest
 
 import kkorthanc.query as kq
-from kkorthanc import Instance, Patient, Resource, Series, Study, orthanc_id
+from kkorthanc import Instance, Patient, Resource, Series, Study, orthanc_id, synthetic
 from kkorthanc.forest import PatientForest, load_compact_forest, load_forest
+
+from .conftest import Servers
+from .test_forest import LONGER, upload
 
 
 class ListingClient:
@@ -358,3 +362,32 @@ def test_a_compact_forest_at_series_depth_counts_instances_from_the_child_lists(
     assert forest.counts == plain.counts and forest.counts.instances == 48
     assert forest._state.held() == 0  # type: ignore[attr-defined]
     assert forest.snapshot() == plain.snapshot()
+
+
+def test_a_compact_forest_updates_making_only_the_patients_the_changes_reach(
+    servers: Servers,
+) -> None:
+    client = servers.new(sample=True, stable_age=3600)
+    forest = load_compact_forest(client)
+    state: Any = forest._state
+    assert state.held() == 0 and forest.counts == (4, 8, 16, 48)
+
+    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=3))  # a new patient
+    report = forest.update()
+    assert report.requests == 3 and report.changes == 13  # as in memory
+    assert len(report.added.instances) == 10 and report.updated.total == 0
+    assert state.held() == 13 and not state.full  # the new patient's models, nothing else
+    assert forest.counts == (5, 9, 17, 58)
+
+    # an instance joining an existing series: its patient is made, the others stay packed
+    upload(client, LONGER, "P000/ST00/SE00/IM003")
+    report = forest.update()
+    assert report.requests == 4 and len(report.added.instances) == 1
+    tree = 1 + 2 + 2 * 2 + 2 * 2 * 3
+    assert state.held() == 13 + tree + 1 and not state.full
+    series = forest.series(synthetic.uid("series", 0, 0, 0, 0))
+    assert set(report.updated.series) == {series.id}
+    assert len(series.instances) == 4 == len(series.instance_ids)
+    assert series.instances[-1].series is series
+    assert forest.counts == (5, 9, 17, 59)
+    assert forest.snapshot() == load_forest(client).snapshot()

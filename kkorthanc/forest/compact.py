@@ -5,8 +5,10 @@ same forest, but not as models: per patient, the deflated JSON of the patient an
 below it (child-ID lists trimmed by the build's rule), plus, per level, the Orthanc IDs in
 listing order and the identifier indexes by normalized key. Touching a resource (a lookup, a
 find on an identifier, a link from a model already made) makes the models of its patient,
-linked as a build links them; iterating a level, a find that cannot use an index, and any
-change made by ``update()`` make every model, after which the forest is an ordinary one.
+linked as a build links them; iterating a level and a find that cannot use an index make
+every model, after which the forest is an ordinary one. ``update()`` makes the patients the
+changes reach (new resources are kept as models), so that its cost still follows the number
+of changes.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class _CompactState(_State):
         self.accession_keys: dict[str, Any] = {}
         #: the models made so far
         self.made: dict[type[Resource], dict[str, Resource]] = {cls: {} for cls in LEVELS}
-        self.below = 0
+        #: per patient: the children its resources of the deepest level list (below the depth)
+        self.below: dict[str, int] = {}
         self.tables = {cls: _CompactTable(self, cls) for cls in LEVELS}
         self.uids = {cls: _CompactIndex(self, cls, cls.uid_field) for cls in LEVELS}
         self.accession = _CompactIndex(self, Study, "accession_number")
@@ -129,8 +132,11 @@ class _CompactState(_State):
                 for child_id in kids:
                     roots[child_id] = root
         deepest = levels[-1]
-        if deepest.child_class() is not None:
-            self.below = sum(len(m[2]) for i, m in meta[deepest].items() if i in roots)
+        if deepest.child_class() is not None:  # the level below the depth, counted per patient
+            for resource_id, m in meta[deepest].items():
+                if resource_id in roots:
+                    root = roots[resource_id]
+                    self.below[root] = self.below.get(root, 0) + len(m[2])
         grouped: dict[str, list[list[dict[str, Any]]]] = {}
         for depth, cls in enumerate(levels):
             order = self.order[cls]
@@ -202,13 +208,22 @@ class _CompactState(_State):
             self.keys = {cls: {} for cls in LEVELS}
             self.accession_keys = {}
             self.made = {cls: {} for cls in LEVELS}
+            self.below = {}
 
     def count(self, cls: type[Resource]) -> int:
         if self.full:
             return super().count(cls)
         if cls in self.levels:
             return len(self.order[cls])
-        return self.below if cls.depth == len(self.levels) + 1 else 0
+        if cls.depth != len(self.levels) + 1:
+            return 0
+        # the packed patients as listed, the models made as they are now (an update changes
+        # their child lists in place)
+        field = self.levels[-1].child_ids_field
+        assert field is not None
+        packed = sum(self.below.get(root, 0) for root in self.packed)
+        made = self.made[self.levels[-1]].values()
+        return packed + sum(len(obj.__dict__[field]) for obj in made)
 
     def held(self) -> int:
         """Models in memory, all levels (every one once the forest is full)."""
@@ -289,10 +304,36 @@ class _CompactTable(MutableMapping[str, Any]):
         return plain
 
     def __setitem__(self, key: str, obj: Any) -> None:
-        self._all()[key] = obj
+        """A resource an update adds (or replaces): kept as a model, its patient unpacked."""
+        state = self.state
+        with state.lock:
+            plain = self._plain()
+            if plain is not None:
+                plain[key] = obj
+                return
+            order = state.order[self.cls]
+            if key in order:
+                self.get(key)  # its patient is made first: never packed and made at once
+            else:
+                parent_cls = self.cls.parent_class()
+                parent_id = obj.parent_id
+                root = state.order[parent_cls].get(parent_id) if parent_cls and parent_id else None
+                if root is not None:
+                    state.make(root)  # the parent's patient is made before anything joins it
+                order[key] = root or key
+            state.made[self.cls][key] = obj
 
     def __delitem__(self, key: str) -> None:
-        del self._all()[key]
+        state = self.state
+        with state.lock:
+            plain = self._plain()
+            if plain is not None:
+                del plain[key]
+                return
+            if self.get(key) is None:
+                raise KeyError(key)
+            del state.made[self.cls][key]
+            del state.order[self.cls][key]
 
     def values(self) -> ValuesView[Any]:
         return self._all().values()
@@ -316,24 +357,44 @@ class _CompactIndex(_Index):
         return state.accession if self.field == "accession_number" else state.uids[self.cls]
 
     def _ids(self, key: str) -> list[str]:
-        state = self.state
-        keys = state.accession_keys if self.field == "accession_number" else state.keys[self.cls]
-        found = keys.get(key)
+        found = self._keys().get(key)
         if found is None:
             return []
         return list(found) if type(found) is list else [found]
 
+    def _keys(self) -> dict[str, Any]:
+        state = self.state
+        return state.accession_keys if self.field == "accession_number" else state.keys[self.cls]
+
     def add(self, key: str | None, obj: Resource) -> None:
-        self.state.make_all()
-        plain = self._plain()
-        assert plain is not None
-        plain.add(key, obj)
+        with self.state.lock:
+            plain = self._plain()
+            if plain is not None:
+                plain.add(key, obj)
+            else:
+                _add(self._keys(), key, obj.id)
 
     def remove(self, key: str | None, obj: Resource) -> None:
-        self.state.make_all()
-        plain = self._plain()
-        assert plain is not None
-        plain.remove(key, obj)
+        with self.state.lock:
+            plain = self._plain()
+            if plain is not None:
+                plain.remove(key, obj)
+                return
+            if not key:
+                return
+            keys = self._keys()
+            index_key = _key(key)
+            found = keys.get(index_key)
+            if type(found) is list:
+                kept = [i for i in found if i != obj.id]
+                if len(kept) > 1:
+                    keys[index_key] = kept
+                elif kept:
+                    keys[index_key] = kept[0]
+                else:
+                    del keys[index_key]
+            elif found == obj.id:
+                del keys[index_key]
 
     def candidates(self, keys: Iterable[str]) -> list[Resource]:
         plain = self._plain()
