@@ -11,7 +11,9 @@ instances), then measures in the same run, each several times with the best time
   (one request per resource), once: about half a minute on loopback. ``--subset N`` walks N
   patients only and extrapolates per resource, marked as such;
 - ``forest.update()`` after 10 new instances, against a full build;
-- memory per resource of the built forest (tracemalloc).
+- memory per resource of the built forest (tracemalloc);
+- the compact forest (``load_compact_forest``): memory, build, the first walk (which makes
+  every model), later walks and a first update.
 
 ``--store`` measures the stored forest instead (:func:`kkorthanc.forest.open_forest`): the
 build into a new file, the reopening of that file (in this process, and in a new Python
@@ -383,8 +385,8 @@ def compact_report(client: Orthanc, page_size: int, compact: Result, build: Resu
           f"{compact.seconds / floor.seconds:.2f}x the raw floor, "
           f"{compact.seconds / build.seconds:.2f}x load_forest; the first walk makes every model: "
           f"{first:.3f} s; then a walk takes {walk * 1000:.1f} ms (load_forest's: "
-          f"{walk_seconds * 1000:.1f} ms); a first update after 10 new instances, which makes "
-          f"every model: {update_seconds:.3f} s, {update_requests} requests")
+          f"{walk_seconds * 1000:.1f} ms); a first update after 10 new instances (on a forest "
+          f"with no model made): {update_seconds:.4f} s, {update_requests} requests")
 
 
 REOPEN_IN_A_NEW_PROCESS = """
