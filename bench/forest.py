@@ -11,7 +11,9 @@ instances), then measures in the same run, each several times with the best time
   (one request per resource), once: about half a minute on loopback. ``--subset N`` walks N
   patients only and extrapolates per resource, marked as such;
 - ``forest.update()`` after 10 new instances, against a full build;
-- memory per resource of the built forest (tracemalloc).
+- memory per resource of the built forest (tracemalloc);
+- the compact forest (``load_compact_forest``): memory, build, the first walk (which makes
+  every model), later walks and a first update.
 
 ``--store`` measures the stored forest instead (:func:`kkorthanc.forest.open_forest`): the
 build into a new file, the reopening of that file (in this process, and in a new Python
@@ -44,7 +46,13 @@ from typing import Any
 import pydantic_core
 
 from kkorthanc import Instance, Orthanc, Patient, Series, Study, synthetic
-from kkorthanc.forest import DEFAULT_PAGE_SIZE, PatientForest, load_forest, open_forest
+from kkorthanc.forest import (
+    DEFAULT_PAGE_SIZE,
+    PatientForest,
+    load_compact_forest,
+    load_forest,
+    open_forest,
+)
 from kkorthanc.sandbox import Sandbox
 
 LEVEL_PATHS = ("/patients", "/studies", "/series", "/instances")
@@ -126,6 +134,10 @@ def kk_build(client: Orthanc, page_size: int) -> int:
     return load_forest(client, page_size=page_size).counts.total
 
 
+def kk_compact(client: Orthanc, page_size: int) -> int:
+    return load_compact_forest(client, page_size=page_size).counts.total
+
+
 def pyorthanc_walk(url: str, auth: tuple[str, str], patients: int | None) -> tuple[int, int]:
     """pyorthanc.find() then a walk reading every resource's main tags; (resources, requests)."""
     import httpx
@@ -162,11 +174,13 @@ def best(client: Orthanc, run: Callable[[], int], repeat: int) -> tuple[float, i
     return min(r[0] for r in runs), runs[0][1], runs[0][2]
 
 
-def memory_per_resource(client: Orthanc, page_size: int) -> tuple[float, float, int]:
+def memory_per_resource(
+    client: Orthanc, page_size: int, load: Callable[..., PatientForest] = load_forest
+) -> tuple[float, float, int]:
     """Bytes per resource held by a built forest (and at the peak of the build)."""
     gc.collect()
     tracemalloc.start()
-    forest = load_forest(client, page_size=page_size)
+    forest = load(client, page_size=page_size)
     gc.collect()
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -257,6 +271,7 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
         ("kkorthanc build_patient_forest", lambda: kk_build(client, page_size)),
         ("raw floor, decoded by from_json", lambda: raw_floor_fast_json(client, page_size)),
         ("raw floor, next page prefetched", lambda: raw_floor(client, page_size, True)),
+        ("kkorthanc load_compact_forest", lambda: kk_compact(client, page_size)),
     ]
     runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name, _ in contenders}
     for _ in range(args.repeat):
@@ -349,6 +364,29 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
           f"({per * counted / 2**20:.1f} MiB for {counted:,} resources; peak during the build "
           f"{peak:,.0f} bytes per resource); the same resources as pydantic-validated models "
           f"(from_orthanc, json.loads, no links or indexes): {plain:,.0f} bytes per resource")
+    compact_report(client, page_size, results["kkorthanc load_compact_forest"], build, floor,
+                   walk_seconds, args.repeat)
+
+
+def compact_report(client: Orthanc, page_size: int, compact: Result, build: Result,
+                   floor: Result, walk_seconds: float, repeat: int) -> None:
+    """The compact forest: memory, build, making every model, walking, a first update."""
+    per, peak, _ = memory_per_resource(client, page_size, load_compact_forest)
+    forest = load_compact_forest(client, page_size=page_size)
+    start = time.perf_counter()
+    walk_forest(forest)
+    first = time.perf_counter() - start
+    walk, _, _ = best(client, lambda: walk_forest(forest), repeat)
+    fresh = load_compact_forest(client, page_size=page_size)
+    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=999))
+    update_seconds, update_requests, _ = timed(client, lambda: fresh.update().added.total)
+    print(f"\ncompact forest (load_compact_forest): {per:,.0f} bytes per resource (tracemalloc; "
+          f"peak during the build {peak:,.0f}); build {compact.seconds:.3f} s, "
+          f"{compact.seconds / floor.seconds:.2f}x the raw floor, "
+          f"{compact.seconds / build.seconds:.2f}x load_forest; the first walk makes every model: "
+          f"{first:.3f} s; then a walk takes {walk * 1000:.1f} ms (load_forest's: "
+          f"{walk_seconds * 1000:.1f} ms); a first update after 10 new instances (on a forest "
+          f"with no model made): {update_seconds:.4f} s, {update_requests} requests")
 
 
 REOPEN_IN_A_NEW_PROCESS = """

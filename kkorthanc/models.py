@@ -71,6 +71,16 @@ def _stripe(resource_id: str, relation: str) -> threading.Lock:
     return _STRIPES[hash((resource_id, relation)) % len(_STRIPES)]
 
 
+class SharedFieldsSet(set[str]):
+    """The fields set of many models at once (the forest gives one per level and shape).
+
+    A model holding one takes a copy of its own before a field is assigned: see
+    :meth:`Resource.__setattr__`.
+    """
+
+    __slots__ = ()
+
+
 class Resource(ServerObject):
     """Fields and behaviour shared by the four levels."""
 
@@ -110,6 +120,11 @@ class Resource(ServerObject):
     #: the result set this resource came in (a find, a listing, the children of one batch):
     #: a relation loaded for one of them is loaded for all, in the same requests
     _siblings: tuple[Resource, ...] | None = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if type(self.__pydantic_fields_set__) is SharedFieldsSet:  # shared: copied on write
+            object.__setattr__(self, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        super().__setattr__(name, value)
 
     @classmethod
     def from_orthanc(cls: type[R], data: dict[str, Any], client: Server | None = None) -> R:

@@ -13,7 +13,8 @@ Modules: :mod:`.model` (:class:`PatientForest`), :mod:`.build` (listing and link
 :mod:`.state` (tables, indexes, :class:`LevelView`), :mod:`.reports` (counts and reports),
 :mod:`._factory` (fast model building), :mod:`.store` (:class:`StoredForest`,
 :func:`open_forest`), :mod:`._stored` (its state backed by the file), :mod:`._file` (the
-SQLite file).
+SQLite file), :mod:`.compact` (:func:`load_compact_forest`: a forest kept deflated per
+patient in memory), :mod:`._narrow` (finds narrowed by the identifier indexes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .build import DEFAULT_PAGE_SIZE
 from .build import Depth as Depth
 from .cache import DEFAULT_MAXSIZE as DEFAULT_MAXSIZE
 from .cache import DEFAULT_TTL, ForestCache, build_patient_forest
+from .compact import load_compact_forest
 from .model import PatientForest, load_forest
 from .reports import ByLevel, CacheInfo, ForestCounts, UpdateReport
 from .state import LevelView
@@ -48,6 +50,7 @@ __all__ = [
     "StoredForest",
     "UpdateReport",
     "build_patient_forest",
+    "load_compact_forest",
     "load_forest",
     "open_forest",
 ]

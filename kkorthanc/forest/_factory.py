@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic.functional_validators import BeforeValidator
 
-from ..models import LEVELS, Resource
+from ..models import LEVELS, Resource, SharedFieldsSet
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -117,6 +117,11 @@ def _plain_check(annotation: Any) -> Callable[[Any], Any] | None:
 _Build = Callable[[Any, "Server | None", "defaultdict[Any, dict[str, Any]]"], Resource]
 
 
+def _ids(value: str) -> str:
+    """The key under which a build's memos intern Orthanc IDs (never called)."""
+    return value
+
+
 class _FieldPlan(NamedTuple):
     name: str
     alias: str
@@ -135,8 +140,12 @@ class _Factory:
     checks it on odd values too). It is compiled into one straight-line function per class
     (as :mod:`dataclasses` does for ``__init__``), which takes a fifth less time than a loop
     over the fields. Parsed values are memoized per build (dates, names and numbers repeat a
-    lot), which also lets equal values share one object. Anything unexpected (a non-string tag,
-    a field type the plan does not know) goes through ``from_orthanc`` and its validation.
+    lot), which also lets equal values share one object. The models are built small: one
+    fields set per level and combination of given fields, shared (copied by a model before a
+    field is assigned), the ``__dict__`` a key-sharing dict, and each Orthanc ID one string
+    for the resource, its parent's child list and its children's parent field. Anything
+    unexpected (a non-string tag, a field type the plan does not know) goes through
+    ``from_orthanc`` and its validation.
     """
 
     def __init__(self, cls: type[Resource]) -> None:
@@ -145,7 +154,28 @@ class _Factory:
             name: attr.get_default() for name, attr in cls.__private_attributes__.items()
         }
         self.fields: tuple[_FieldPlan, ...] | None = self._plan(cls)
+        #: one fields set per combination of given fields, shared by every model built so
+        self.fields_sets: dict[int, SharedFieldsSet] = {}
+        self._prime_shared_keys()
         self.build: _Build | None = self._compile() if self.fields is not None else None
+
+    def _prime_shared_keys(self) -> None:
+        """Let CPython's key-sharing dicts serve the models' ``__dict__``.
+
+        Dicts of a class's instances share one key table when they are filled in the same
+        order; the table is learnt from attribute assignments, so one throwaway object is
+        filled that way first (a model's ``__dict__`` then takes about half the memory).
+        """
+        if self.fields is None:
+            return
+        obj = object.__new__(self.cls)
+        for f in self.fields:
+            object.__setattr__(obj, f.name, None)
+
+    def _fields_set(self, mask: int) -> SharedFieldsSet:
+        assert self.fields is not None
+        given = SharedFieldsSet(f.name for k, f in enumerate(self.fields) if mask >> k & 1)
+        return self.fields_sets.setdefault(mask, given)
 
     @staticmethod
     def _plan(cls: type[Resource]) -> tuple[_FieldPlan, ...] | None:
@@ -185,7 +215,14 @@ class _Factory:
             "setattr": object.__setattr__,
             "cls": self.cls,
             "private": self.private,
+            "fields_sets": self.fields_sets,
+            "fields_set": self._fields_set,
+            "IDS": _ids,
+            "map": map,
+            "tuple": tuple,
         }
+        cls = self.cls
+        interned = {"id", cls.parent_field, cls.child_ids_field} - {None}
         lines = [
             "def build(data, client, memos):",
             "    if type(data) is not dict: raise Unsupported",
@@ -194,8 +231,9 @@ class _Factory:
             "    if tags is None: tags = {}",
             "    elif type(tags) is not dict: raise Unsupported",
             "    tag = tags.get",
-            "    given = set()",
-            "    add = given.add",
+            "    ids = memos[IDS]",  # Orthanc IDs: one string object for the ID and its mentions
+            "    setid = ids.setdefault",
+            "    mask = 0",
         ]
         for k, f in enumerate(self.fields):
             names[f"parse{k}"] = f.parse
@@ -213,10 +251,15 @@ class _Factory:
                 f"    if v{k} is MISSING: v{k} = tag({f.alias!r}, MISSING)",
                 f"    if v{k} is MISSING: {missing}",
                 "    else:",
-                f"        add({f.name!r})",
+                f"        mask |= {1 << k}",
             ]
             if f.parse is None:
                 lines.append(f"        v{k} = check{k}(v{k})")
+                if f.name in interned:
+                    if f.name == cls.child_ids_field:
+                        lines.append(f"        v{k} = tuple(map(setid, v{k}, v{k}))")
+                    else:
+                        lines.append(f"        if v{k} is not None: v{k} = setid(v{k}, v{k})")
                 continue
             lines += [
                 f"        if type(v{k}) is str:",
@@ -232,10 +275,12 @@ class _Factory:
                 ),
                 f"        elif v{k} is not None: raise Unsupported",
             ]
-        values = ", ".join(f"{f.name!r}: v{k}" for k, f in enumerate(self.fields))
         lines += [
             "    obj = new(cls)",
-            f"    setattr(obj, '__dict__', {{{values}}})",
+            "    values = obj.__dict__",  # a key-sharing dict, filled in the fields' order
+            *(f"    values[{f.name!r}] = v{k}" for k, f in enumerate(self.fields)),
+            "    given = fields_sets.get(mask)",
+            "    if given is None: given = fields_set(mask)",
             "    setattr(obj, '__pydantic_fields_set__', given)",
             "    setattr(obj, '__pydantic_extra__', None)",
             "    links = private.copy()",

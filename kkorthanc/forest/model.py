@@ -323,13 +323,15 @@ class PatientForest:
         case_sensitive: bool,
         tags: dict[str, Any],
     ) -> list[Any]:
-        """The matches of :meth:`find` (a stored forest narrows the candidates first)."""
-        from .. import query as _query
+        """The matches of :meth:`find`. An equality (or a list) on an identifier of any level
+        searches only what the identifier indexes name for it (see :mod:`._narrow`)."""
+        from . import _narrow
 
-        found: list[Any] = _query.local_find(
-            self, level, query, case_sensitive=case_sensitive, **tags
+        anchors = _narrow.memory_anchors(
+            self._state,
+            _narrow.keyed_constraints(level, query, case_sensitive, tags, self._state.levels),
         )
-        return found
+        return _narrow.search(self, level, query, case_sensitive, tags, anchors)
 
     def to_dataframe(self, level: str) -> pandas.DataFrame:
         """One row per resource of ``level``; see :func:`kkorthanc.frames.to_dataframe`."""

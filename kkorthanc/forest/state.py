@@ -8,10 +8,11 @@ identifier indexes; an update edits it in place, a rebuild replaces it whole.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..models import LEVELS, Resource, Study
+from ..query.engine import normalize_identifier
 
 if TYPE_CHECKING:
     from .model import PatientForest
@@ -40,17 +41,30 @@ def _count(state: _State, cls: type[Resource]) -> int:
     return state.count(cls)
 
 
+def _key(value: str) -> str:
+    """The index key of an identifier: normalized as Orthanc's index compares it (the value
+    itself, same object, when normalizing changes nothing or leaves nothing)."""
+    key = normalize_identifier(value)
+    return value if key == value or not key else key
+
+
 class _Index:
-    """Identifier -> resource, keeping every resource when several share one identifier."""
+    """Identifier -> resource, keeping every resource when several share one identifier.
 
-    __slots__ = ("entries",)
+    Keyed by the normalized identifier (:func:`_key`), so that a find's equality reaches
+    every resource it can match (:meth:`candidates`); :meth:`all` keeps the exact ones.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("entries", "field")
+
+    def __init__(self, field: str | None = None) -> None:
         self.entries: dict[str, Any] = {}
+        self.field = field  # the model field compared exactly by all()
 
     def add(self, key: str | None, obj: Resource) -> None:
         if not key:
             return
+        key = _key(key)
         entries = self.entries
         previous = entries.get(key)
         if previous is None:
@@ -63,6 +77,7 @@ class _Index:
     def remove(self, key: str | None, obj: Resource) -> None:
         if not key:
             return
+        key = _key(key)
         previous = self.entries.get(key)
         if previous is None:
             return
@@ -78,10 +93,26 @@ class _Index:
             del self.entries[key]
 
     def all(self, key: str) -> list[Resource]:
-        found = self.entries.get(key)
+        if not key:
+            return []
+        found = self.entries.get(_key(key))
         if found is None:
             return []
-        return list(found) if type(found) is list else [found]
+        field = self.field
+        if type(found) is not list:
+            return [found] if field is None or found.__dict__[field] == key else []
+        return [o for o in found if field is None or o.__dict__[field] == key]
+
+    def candidates(self, keys: Iterable[str]) -> list[Resource]:
+        """Every resource whose normalized identifier is one of ``keys``."""
+        out: list[Resource] = []
+        for key in keys:
+            found = self.entries.get(key)
+            if type(found) is list:
+                out.extend(found)
+            elif found is not None:
+                out.append(found)
+        return out
 
 
 class _State:
@@ -94,8 +125,8 @@ class _State:
     def __init__(self, levels: Sequence[type[Resource]]) -> None:
         self.levels = tuple(levels)
         self.tables: dict[type[Resource], MutableMapping[str, Any]] = {cls: {} for cls in LEVELS}
-        self.uids: dict[type[Resource], _Index] = {cls: _Index() for cls in LEVELS}
-        self.accession = _Index()
+        self.uids: dict[type[Resource], _Index] = {cls: _Index(cls.uid_field) for cls in LEVELS}
+        self.accession = _Index("accession_number")
         self.last_seq = 0
         #: the change at ``last_seq`` (see :data:`~.build.Anchor`), when the feed holds it
         self.anchor: tuple[int, str, str, str] | None = None

@@ -26,9 +26,9 @@ from ..models import (
     Resource,
     Series,
     Study,
-    level_class,
 )
-from ._file import SCHEMA_VERSION, ForestFile, identifier_key
+from . import _narrow
+from ._file import SCHEMA_VERSION, ForestFile
 from ._stored import _StoredState, _StoreUpdater, write_forest
 from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size
 from .model import PatientForest
@@ -94,26 +94,6 @@ class _StoredLevelView(LevelView[R]):
                     if found is not None:
                         return cast(R, found)
         return super().__getitem__(index)
-
-
-class _Scope:
-    """The patients a find can match, with everything below them (a ``ForestLike``)."""
-
-    def __init__(self, forest: StoredForest, patients: list[Patient]) -> None:
-        self.depth = forest.depth
-        self.client = forest.client
-        dialect = getattr(forest, "dialect", None)
-        if dialect is not None:
-            self.dialect = dialect
-        levels: list[list[Any]] = [list(patients), [], [], []]
-        linked = len(forest._state.levels)
-        for depth in range(1, linked):
-            for obj in levels[depth - 1]:
-                levels[depth].extend(obj.linked_children() or ())
-        self.patients: list[Patient] = levels[0]
-        self.studies: list[Study] = levels[1]
-        self.series: list[Series] = levels[2]
-        self.instances: list[Instance] = levels[3]
 
 
 class StoredForest(PatientForest):
@@ -224,59 +204,28 @@ class StoredForest(PatientForest):
         list) on an identifier (PatientID, a UID, AccessionNumber) of any level narrows the
         search to the patients the file's index names, and only those are made into models;
         any other query makes every model first."""
-        from .. import query as _query
-
         with self._lock:
-            patients = self._candidates(level, query, case_sensitive, tags)
-            if patients is None:
-                return super()._search(level, query, case_sensitive, tags)
-            scope = _Scope(self, patients)
-            matched: list[Any] = _query.local_find(
-                scope, level, query, case_sensitive=case_sensitive, **tags
+            keyed = _narrow.keyed_constraints(
+                level, query, case_sensitive, tags, self._state.levels
             )
-            return matched
+            patients = self._candidates(keyed)
+            return _narrow.search(self, level, query, case_sensitive, tags, patients)
 
-    def _candidates(
-        self,
-        level: str,
-        query: dict[str, Any] | None,
-        case_sensitive: bool,
-        tags: dict[str, Any],
-    ) -> list[Patient] | None:
+    def _candidates(self, keyed: list[_narrow.Keyed]) -> list[Resource] | None:
         """The patients holding every match, from the file's index; ``None`` when no
         constraint of the query can use it."""
-        from .. import query as _query
-
-        plain = {k: v for k, v in tags.items() if k not in _NOT_TAGS}
-        try:
-            compiled = _query.compile_query(level, query, case_sensitive=case_sensitive, **plain)
-        except Exception:  # the same error comes again from the full find, with its context
+        if not keyed:
             return None
         state = self._stored
         roots: set[str] | None = None
-        for check in compiled.constraints:
-            if check.kind not in ("equal", "list"):
-                continue
-            cls = level_class(check.level)
-            if check.keyword == cls.uid_keyword:
-                column = "uid"
-            elif check.keyword == "AccessionNumber" and cls is Study:
-                column = "accession"
-            else:
-                continue
-            if cls not in state.levels:
-                continue
-            keys = {identifier_key(v) for v in check.values}
-            if not all(keys):  # a value the index normalizes to nothing matches too much
-                continue
+        for cls, column, keys in keyed:
             found: set[str] = set()
-            for resource_id in state.file.ids_by_key(column, cls, cast(set[str], keys)):
+            for resource_id in state.file.ids_by_key(column, cls, set(keys)):
                 located = state.file.locate(resource_id)
                 if located is not None:
                     found.add(located[1])
             roots = found if roots is None else roots & found
-        if roots is None:
-            return None
+        assert roots is not None
         patients = state.lazy[Patient]
         return [p for root in sorted(roots) if (p := patients.get(root)) is not None]
 
@@ -331,10 +280,6 @@ class StoredForest(PatientForest):
             raise ForestStoreError(f"{self.path} no longer holds a forest", str(self.path))
         self._stored.reset(header)
         self._version += 1
-
-
-#: keyword arguments of ``find`` that are not tags
-_NOT_TAGS = frozenset({"labels", "labels_constraint", "requested_tags"})
 
 
 def open_forest(
