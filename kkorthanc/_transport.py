@@ -240,6 +240,9 @@ class Transport:
             self._fast_headers["Authorization"] = header
         self._lock = threading.Lock()
         self._count = 0
+        self.last_request: str | None = None
+        """``METHOD /path`` of the request sent last (by any thread), ``None`` before any:
+        what an error that does not say names as the request it followed."""
         material = repr((auth, token))
         self.fingerprint = hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
         """A one-way digest of the credentials: equal for equal credentials, never reversible."""
@@ -485,6 +488,7 @@ class Transport:
             )
         attempt = 0
         while True:
+            self.last_request = f"{method} {path}"
             self._counted()
             try:
                 response = send()

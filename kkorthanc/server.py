@@ -243,6 +243,11 @@ class Server:
         """HTTP requests this client has sent (retries included): the cost of what it did."""
         return self._transport.request_count
 
+    @property
+    def last_request(self) -> str | None:
+        """``METHOD /path`` of the request this client sent last, ``None`` before any."""
+        return self._transport.last_request
+
     def close(self) -> None:
         """Close pooled connections."""
         self._transport.close()

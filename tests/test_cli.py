@@ -33,6 +33,7 @@ from kkorthanc.sandbox import PASSWORD_PREFIX, free_port
 
 from .conftest import PORT_MAP, ROOT, Servers, cassette_path
 from .test_annotations import ORTHANC_112
+from .test_hostile import FakeServer, path_of, reply
 
 pytestmark = pytest.mark.no_cassette
 
@@ -622,6 +623,8 @@ def test_wrong_password_exits_3_without_the_password(cli: Cli, client: Orthanc) 
         (["--user", "kk", "sandbox", "status"], "sandbox status takes no --user"),
         (["sandbox", "start", "--sample", "0"], "1 to 10000 patients"),
         (["sandbox", "start", "--sample", "many"], "a number of patients"),
+        (["export", "--all", "--layout", "{PatientId}/x.dcm", "out"], "did you mean PatientID"),
+        (["upload", "--workers", "0", "x.dcm"], "must be at least 1"),
     ],
 )
 def test_bad_usage_exits_2_before_any_request(
@@ -1118,3 +1121,78 @@ def test_sandbox_sample_size_and_a_failed_start_in_one_line(sandbox_home: Path) 
     assert "Orthanc has stopped" in Path(log.group(1)).read_text()
     assert not (sandbox_home / "sandbox.json").exists()
     assert not (sandbox_home / "sandbox").exists()
+
+
+# -- servers that answer what no Orthanc would -----------------------------------------------------
+
+SYSTEM_1_12 = (
+    b'{"Version": "1.12.3", "ApiVersion": 23, "DicomAet": "ORTHANC", "Name": "hostile", '
+    b'"HasLabels": true, "Capabilities": {"HasLabels": true}}'
+)
+SYSTEM_1_10 = b'{"Version": "1.10.1", "ApiVersion": 18, "DicomAet": "ORTHANC", "Name": "old"}'
+ORTHANC_LIKE_ID = "0b0b0b0b-0b0b0b0b-0b0b0b0b-0b0b0b0b-0b0b0b0b"
+
+#: (name, what /system answers, what every other path answers)
+HOSTILE_ANSWERS: dict[str, tuple[bytes, bytes]] = {
+    "a string for everything": (reply(SYSTEM_1_12), reply(b'"x"')),
+    "a list of numbers": (reply(SYSTEM_1_12), reply(b"[1, 2, 3]")),
+    "resources of no level": (reply(SYSTEM_1_12), reply(b'[{"ID": "x"}]')),
+    "a system answer of the wrong shape": (reply(b'{"Version": 12}'), reply(b"[]")),
+    "409 Conflict": (
+        reply(SYSTEM_1_12),
+        reply(b'{"HttpStatus": 409, "Message": "Conflict"}', "409 Conflict"),
+    ),
+    "a redirect elsewhere": (
+        reply(SYSTEM_1_12),
+        reply(b"", "302 Found", ["Location: http://elsewhere.invalid:1/x"]),
+    ),
+    "an answer over the limit": (
+        reply(SYSTEM_1_12),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\nConnection: close\r\n\r\n",
+    ),
+    "no labels on 1.10": (reply(SYSTEM_1_10), reply(b"[]")),
+}
+
+#: (server, command, exit code, what the one error line must say)
+HOSTILE_CASES: list[tuple[str, list[str], int, str]] = [
+    # answers of the wrong shape: the library's own error, or one it did not foresee
+    ("a string for everything", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/lookup"),
+    ("a string for everything", ["find", "study", "PatientID=x"], 1, "POST /tools/find"),
+    ("a string for everything", ["stats"], 1, "GET /statistics"),
+    ("a string for everything", ["jobs", "cancel", "abc"], 1, "GET /jobs/abc"),
+    ("a list of numbers", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/lookup"),
+    ("resources of no level", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
+    ("resources of no level", ["delete", "--yes", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
+    ("a list of numbers", ["tree"], 1, "GET /patients"),
+    ("a system answer of the wrong shape", ["stats"], 1, "GET /system"),
+    ("a system answer of the wrong shape", ["labels", "list"], 1, "GET /system"),
+    # statuses, redirects, limits, features
+    ("409 Conflict", ["modify", ORTHANC_LIKE_ID, "--replace", "X=1"], 1, "409"),
+    ("409 Conflict", ["jobs", "list"], 1, "GET /jobs: 409"),
+    ("a redirect elsewhere", ["stats"], 3, "refused: another origin"),
+    ("a redirect elsewhere", ["find", "study", "PatientID=x"], 3, "POST /tools/find"),
+    ("an answer over the limit", ["tree"], 3, "Content-Length 1000000000000"),
+    ("no labels on 1.10", ["labels", "list"], 1, "(last request: GET /system)"),
+]
+
+
+@pytest.mark.parametrize(("server", "argv", "code", "says"), HOSTILE_CASES)
+def test_server_faults_exit_in_one_line_naming_the_request(
+    tmp_path: Path, server: str, argv: list[str], code: int, says: str
+) -> None:
+    system, other = HOSTILE_ANSWERS[server]
+
+    def answer(fake: FakeServer, conn: Any, request: bytes) -> None:
+        conn.sendall(system if path_of(request).partition("?")[0] == "/system" else other)
+
+    with FakeServer(answer, limit=64) as fake:
+        env = clean_env(tmp_path)
+        env["ORTHANC_URL"] = fake.url
+        result = run(["-m", "kkorthanc.cli", "--no-progress", *argv], env, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one line, never a traceback
+    (line,) = lines
+    assert result.code == code, line
+    assert line.startswith("kkorthanc: error: ")
+    assert says in line, line
+    assert re.search(r"\b(GET|POST|PUT|DELETE) /", line), line  # the request, by name

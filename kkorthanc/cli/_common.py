@@ -114,6 +114,17 @@ def plural(count: int, cls: type[Resource]) -> str:
     return f"1 {cls.level.lower()}" if count == 1 else f"{count} {cls.collection}"
 
 
+def positive_int(value: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def normalize_level(value: str) -> str:
     try:
         return level_class(value).level.lower()
@@ -150,9 +161,11 @@ def connect(args: argparse.Namespace) -> Orthanc:
         password = getpass.getpass(f"password for {user} at {url}: ")
     auth = (user, password) if user is not None and password is not None else None
     try:
-        return Orthanc(url, auth=auth)
+        client = Orthanc(url, auth=auth)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
+    connected.append(client)
+    return client
 
 
 def progress_wanted(args: argparse.Namespace) -> bool:
@@ -295,12 +308,36 @@ def counts_text(counts: Mapping[str, int]) -> str:
     return ", ".join(plural(count, level_class(name)) for name, count in counts.items())
 
 
-def error_line(message: str) -> None:
-    """``kkorthanc: error: <message>`` on one line of standard error."""
+def error_line(message: str, suffix: str = "") -> None:
+    """``kkorthanc: error: <message><suffix>`` on one line of standard error; a long message
+    is cut, never the suffix."""
     line = " ".join(str(message).split())
-    if len(line) > MAX_ERROR:
-        line = line[: MAX_ERROR - 2].rstrip() + " …"
-    print(f"kkorthanc: error: {line}", file=sys.stderr)
+    room = MAX_ERROR - len(suffix)
+    if len(line) > room:
+        line = line[: room - 2].rstrip() + " …"
+    print(f"kkorthanc: error: {line}{suffix}", file=sys.stderr)
+
+
+#: the clients that ``connect`` made for the command under way
+connected: list[Orthanc] = []
+_NAMES_A_REQUEST = re.compile(r"\b(GET|POST|PUT|DELETE|HEAD) /")
+
+
+def last_request() -> str | None:
+    """``METHOD /path`` of the request the command sent last, ``None`` before any."""
+    for client in reversed(connected):
+        if client.last_request is not None:
+            return client.last_request
+    return None
+
+
+def request_suffix(message: str) -> str:
+    """`` (last request: GET /x)`` for an error line whose message names no request, once the
+    command has sent one; empty otherwise."""
+    endpoint = last_request()
+    if endpoint is None or _NAMES_A_REQUEST.search(message):
+        return ""
+    return f" (last request: {endpoint.partition('?')[0]})"
 
 
 # -- the parser -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ._common import (
     parse_tags,
     print_json,
     progress_wanted,
+    request_suffix,
     resolve,
     resource_json,
     summary,
@@ -122,7 +123,8 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _labels_refused(exc: UnsupportedByServer) -> int:
-    error_line(f"this server keeps no labels: {exc}")
+    message = f"this server keeps no labels: {exc}"
+    error_line(message, request_suffix(message))
     return EXIT_PARTIAL
 
 

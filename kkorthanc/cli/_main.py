@@ -9,7 +9,13 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import Forbidden, OrthancConnectionError, OrthancError, Unauthorized
+from ..errors import (
+    Forbidden,
+    InvalidRequest,
+    OrthancConnectionError,
+    OrthancError,
+    Unauthorized,
+)
 from . import _browse, _dicom, _edit, _jobs, _sandbox, _transfer
 from ._common import (
     EXIT_INTERRUPTED,
@@ -18,8 +24,11 @@ from ._common import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     _UsageError,
+    connected,
     error_line,
     global_options,
+    last_request,
+    request_suffix,
 )
 
 OVERVIEW = """\
@@ -97,6 +106,7 @@ def _run(argv: Sequence[str] | None) -> int:
         extra = [item for item in extra if item not in pairs]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    connected.clear()
     try:
         code: int = args.handler(args, sys.stdout)
         sys.stdout.flush()
@@ -109,7 +119,15 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise
+    except InvalidRequest as exc:
+        # arguments the library refused before sending them (queries, labels, layouts)
+        if args.debug:
+            raise
+        error_line(str(exc))
+        return EXIT_USAGE
     except (OrthancConnectionError, Unauthorized, Forbidden) as exc:
+        # unreachable, refused credentials, and answers that are not HTTP the client can use
+        # (deadlines, refused redirects, bodies that are not JSON or too large)
         if args.debug:
             raise
         hint = ""
@@ -117,21 +135,41 @@ def _run(argv: Sequence[str] | None) -> int:
             hint = " - the server refused the credentials (see --user and $ORTHANC_PASSWORD)"
         elif isinstance(exc, Forbidden):
             hint = " - the server does not let these credentials do this"
-        error_line(f"{exc}{hint}")
+        error_line(f"{exc}{hint}", request_suffix(str(exc)))
         return EXIT_UNREACHABLE
+    except (OrthancError, LookupError) as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, (KeyError, IndexError)) and not isinstance(exc, OrthancError):
+            return _unexpected(exc)  # a key an answer lacked, not "nothing found"
+        # nothing found, or several found, is a true answer: the request does not matter
+        found = isinstance(exc, LookupError)
+        error_line(str(exc), "" if found else request_suffix(str(exc)))
+        return EXIT_PARTIAL
+    except (ImportError, OSError) as exc:  # local: a missing extra, a file or folder
+        if args.debug:
+            raise
+        error_line(str(exc))
+        return EXIT_PARTIAL
     except ValueError as exc:
-        # bad input the library refused before doing anything (queries, layouts, levels)
         if args.debug:
             raise
-        error_line(str(exc))
-        return EXIT_USAGE
-    except (OrthancError, LookupError, ImportError, OSError) as exc:
-        if args.debug:
-            raise
-        error_line(str(exc))
+        if last_request() is None:  # input the library refused before anything was sent
+            error_line(str(exc))
+            return EXIT_USAGE
+        # after the server answered: an answer of a shape the library did not expect
+        error_line(f"cannot use the server's answer: {exc}", request_suffix(str(exc)))
         return EXIT_PARTIAL
     except Exception as exc:
         if args.debug:
             raise
-        error_line(f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)")
-        return EXIT_PARTIAL
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """One line for an error kkorthanc did not foresee, with the request it followed."""
+    message = f"unexpected {type(exc).__name__}: {exc}"
+    suffix = request_suffix(message)
+    debug = "--debug shows the traceback"
+    error_line(message, f"{suffix[:-1]}; {debug})" if suffix else f" ({debug})")
+    return EXIT_PARTIAL

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ..models import LEVELS as LEVEL_MODELS
 from ..models import Patient, Resource
+from ..transfer import check_layout
 from ._common import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -17,6 +18,7 @@ from ._common import (
     _UsageError,
     add_command,
     connect,
+    positive_int,
     print_json,
     progress_wanted,
     resolve,
@@ -71,6 +73,11 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError(
             "nothing to export: give --patient, --study, --series, --instance or --all"
         )
+    if args.layout:
+        try:
+            check_layout(args.layout)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
     with connect(args) as client:
         resources: list[Resource] = []
         if args.all:
@@ -116,7 +123,9 @@ def register(commands: Any) -> None:
         "standard error.",
     )
     upload.add_argument("paths", nargs="+", metavar="PATH")
-    upload.add_argument("--workers", type=int, default=4, help="parallel uploads (default 4)")
+    upload.add_argument(
+        "--workers", type=positive_int, default=4, help="parallel uploads (default 4)"
+    )
     upload.set_defaults(handler=cmd_upload)
 
     export = add_command(
@@ -142,6 +151,8 @@ def register(commands: Any) -> None:
     export.add_argument(
         "--layout", default=None, help="file path template, e.g. '{PatientID}/{SOPInstanceUID}.dcm'"
     )
-    export.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+    export.add_argument(
+        "--workers", type=positive_int, default=4, help="parallel downloads (default 4)"
+    )
     export.add_argument("folder", metavar="DIR")
     export.set_defaults(handler=cmd_export)

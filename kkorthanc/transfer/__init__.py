@@ -12,7 +12,7 @@ from ..errors import ExportFailed, UploadFailed
 from .breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES
 from .download import download_archive, save_instance
 from .exporter import export
-from .layout import DEFAULT_LAYOUT, safe_component
+from .layout import DEFAULT_LAYOUT, check_layout, safe_component
 from .reports import ExportItem, ExportReport, ExportStatus, UploadItem, UploadReport, UploadStatus
 from .sources import ARCHIVE_SUFFIXES, JUNK_NAMES
 from .uploader import DEFAULT_MAX_MEMBER_SIZE, upload
@@ -38,6 +38,7 @@ __all__ = [
     "UploadItem",
     "UploadReport",
     "UploadStatus",
+    "check_layout",
     "download_archive",
     "export",
     "safe_component",

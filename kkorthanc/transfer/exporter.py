@@ -294,6 +294,7 @@ def export(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     components = _parse_layout(layout)
+    _relative_path(components, {})  # an unknown keyword is refused before anything is sent
     started = time.perf_counter()
     first_request = client.request_count
     folder = Path(folder)

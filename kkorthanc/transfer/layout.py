@@ -60,6 +60,16 @@ def _parse_layout(layout: str) -> list[list[_Piece]]:
     return components
 
 
+def check_layout(layout: str) -> None:
+    """Refuse a layout that :func:`~kkorthanc.transfer.export` would refuse, without a server.
+
+    Raises:
+        ValueError: the layout is not a relative path template of main DICOM tag keywords;
+            the message says why (with a suggestion for a misspelt keyword).
+    """
+    _relative_path(_parse_layout(layout), {})
+
+
 def _format_value(value: str, spec: str) -> str:
     if not spec:
         return value
