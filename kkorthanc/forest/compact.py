@@ -23,7 +23,7 @@ import pydantic_core
 
 from ..models import LEVELS, Resource, Study, level_class
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos
-from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size
+from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _feed_position
 from .model import PatientForest
 from .state import _Index, _key, _private, _State
 
@@ -55,7 +55,8 @@ def load_compact_forest(
 def _load_compact(client: Server, depth: Depth, page_size: int) -> _CompactState:
     levels = LEVELS[: level_class(depth).depth]
     state = _CompactState(levels, client)
-    state.last_seq = client.last_change()  # first: what changes during the listing is replayed
+    # first: what changes during the listing is replayed
+    state.last_seq, state.anchor = _feed_position(client)
     meta: dict[type[Resource], dict[str, _Meta]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE:
