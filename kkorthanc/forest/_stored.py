@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import threading
-from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, ValuesView
+from collections.abc import ItemsView, Iterable, Iterator, ValuesView
 from typing import TYPE_CHECKING, Any, cast
 
 from ..models import LEVELS, Patient, Resource, Study, level_class
@@ -31,7 +31,7 @@ from ._file import (
 )
 from .build import _feed_position
 from .reports import UpdateReport
-from .state import _Index, _private, _State
+from .state import _Index, _private, _State, _TableOfModels
 from .update import _Updater
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ def _as_held(item: dict[str, Any], obj: Resource) -> tuple[dict[str, Any], bool]
     return {**item, **changes}, True
 
 
-class _LazyTable(MutableMapping[str, Any]):
+class _LazyTable(_TableOfModels):
     """Orthanc ID -> model for one level: the models in memory, the rest read on demand.
 
     ``mem`` holds the models made so far; a miss asks the file and makes the resource's
@@ -491,15 +491,6 @@ class _LazyTable(MutableMapping[str, Any]):
             if state.updating:
                 state.touch(obj)
             return obj
-
-    def __getitem__(self, key: str) -> Any:
-        obj = self.get(key)
-        if obj is None:
-            raise KeyError(key)
-        return obj
-
-    def __contains__(self, key: object) -> bool:
-        return type(key) is str and self.get(key) is not None
 
     def __setitem__(self, key: str, obj: Any) -> None:
         state = self.state

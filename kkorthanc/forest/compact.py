@@ -25,7 +25,7 @@ from ..models import LEVELS, Resource, Study, level_class
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos
 from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _feed_position
 from .model import PatientForest
-from .state import _Index, _key, _private, _State
+from .state import _Index, _key, _private, _State, _TableOfModels
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -254,7 +254,7 @@ def _add(keys: dict[str, Any], value: str | None, resource_id: str) -> None:
         keys[key] = [previous, resource_id]
 
 
-class _CompactTable(MutableMapping[str, Any]):
+class _CompactTable(_TableOfModels):
     """Orthanc ID -> model for one level; a miss makes the resource's patient."""
 
     def __init__(self, state: _CompactState, cls: type[Resource]) -> None:
@@ -280,15 +280,6 @@ class _CompactTable(MutableMapping[str, Any]):
         plain = self._plain()  # another thread may have made everything meanwhile
         found = plain.get(key) if plain is not None else state.made[self.cls].get(key)
         return default if found is None else found
-
-    def __getitem__(self, key: str) -> Any:
-        obj = self.get(key)
-        if obj is None:
-            raise KeyError(key)
-        return obj
-
-    def __contains__(self, key: object) -> bool:
-        return type(key) is str and self.get(key) is not None
 
     def __len__(self) -> int:
         plain = self._plain()

@@ -115,6 +115,19 @@ class _Index:
         return out
 
 
+class _TableOfModels(MutableMapping[str, Any]):
+    """A table whose ``get`` may make a model on the way: indexing and ``in`` go through it."""
+
+    def __getitem__(self, key: str) -> Any:
+        obj = self.get(key)
+        if obj is None:
+            raise KeyError(key)
+        return obj
+
+    def __contains__(self, key: object) -> bool:
+        return type(key) is str and self.get(key) is not None
+
+
 class _State:
     """Everything a build produces; an update edits it, a rebuild swaps it.
 
