@@ -234,8 +234,20 @@ def _check_text(value: object, what: str, *, token: bool = False) -> str:
     return value
 
 
+class Hidden(str):
+    """A header value that is sent as it is but shown as ``'<hidden>'``: the
+    ``Authorization`` header passes through dictionaries of the HTTP layer, whose reprs
+    tracebacks print (pytest does, with each frame's arguments)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<hidden>'"
+
+
 def authorization(auth: object, token: object) -> str | None:
-    """The ``Authorization`` header for these credentials, checked; ``None`` for none.
+    """The ``Authorization`` header for these credentials, checked, as a :class:`Hidden`
+    value; ``None`` for none.
 
     A token wins over basic credentials. Basic credentials are encoded as UTF-8, which is
     what Orthanc compares them in, on every path (pooled requests and upload channels).
@@ -260,7 +272,7 @@ def authorization(auth: object, token: object) -> str | None:
         if _check_text(token, "the bearer token", token=True) == "":
             raise InvalidRequest("the bearer token is empty")
         header = f"Bearer {token}"
-    return header
+    return None if header is None else Hidden(header)
 
 
 # -- redirects --------------------------------------------------------------------------------

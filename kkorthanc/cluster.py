@@ -33,9 +33,10 @@ _HEADER_END = b"\r\n\r\n"
 class Balancer:
     """A round-robin HTTP balancer on loopback, one request per upstream connection.
 
-    Each request is sent to the next upstream in turn, with ``Connection: close`` added so
-    that the node closes after its answer and the client's next request opens a new
-    connection, balanced again. Bodies are passed through unread.
+    Each request is sent to the next upstream in turn. Both heads, the request's and the
+    answer's, say ``Connection: close``, so that the node closes after its answer and the
+    client's next request opens a new connection, balanced again. Bodies are passed through
+    unread.
     """
 
     def __init__(self, upstreams: Sequence[tuple[str, int]]) -> None:
@@ -74,19 +75,9 @@ class Balancer:
     def _handle(self, conn: socket.socket) -> None:
         with contextlib.ExitStack() as stack:
             stack.enter_context(conn)
-            head = b""
-            while _HEADER_END not in head:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            header, _, rest = head.partition(_HEADER_END)
-            lines = [
-                line
-                for line in header.split(b"\r\n")
-                if not line.lower().startswith((b"connection:", b"keep-alive:"))
-            ]
-            request = b"\r\n".join([*lines, b"Connection: close"]) + _HEADER_END + rest
+            request = _read_head(conn)
+            if request is None:
+                return
             try:
                 upstream = socket.create_connection(self._pick(), timeout=30)
             except OSError:
@@ -96,7 +87,12 @@ class Balancer:
             upstream.sendall(request)
             forward = threading.Thread(target=_pump, args=(conn, upstream), daemon=True)
             forward.start()
-            _pump(upstream, conn)
+            # Orthanc says "keep-alive" in its answer even when it closes after it, as asked;
+            # a client that believed it would send its next request into a closed upstream.
+            answer = _read_head(upstream)
+            if answer is not None:
+                conn.sendall(answer)
+                _pump(upstream, conn)
 
     def close(self) -> None:
         """Stop accepting connections."""
@@ -108,6 +104,28 @@ class Balancer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_head(source: socket.socket) -> bytes | None:
+    """Read up to the end of an HTTP head and return what was read, with the head's
+    ``Connection`` and ``Keep-Alive`` lines replaced by ``Connection: close``; ``None`` when
+    the connection ends first."""
+    head = b""
+    while _HEADER_END not in head:
+        try:
+            chunk = source.recv(65536)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        head += chunk
+    header, _, rest = head.partition(_HEADER_END)
+    lines = [
+        line
+        for line in header.split(b"\r\n")
+        if not line.lower().startswith((b"connection:", b"keep-alive:"))
+    ]
+    return b"\r\n".join([*lines, b"Connection: close"]) + _HEADER_END + rest
 
 
 def _pump(source: socket.socket, target: socket.socket) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
 from kkorthanc import PatientForest, synthetic
 from kkorthanc.cluster import Balancer, Cluster
@@ -40,6 +41,14 @@ def test_the_balancer_alternates_requests_between_nodes(cluster: Cluster) -> Non
     assert names == {"kk-node1", "kk-node2"}
     after = cluster.balancer.counts
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
+
+
+def test_the_balancers_answers_say_close(cluster: Cluster) -> None:
+    # Orthanc's own answer says keep-alive although it closes after it: a client that
+    # believed it would lose its next request (a POST, which it cannot send again)
+    answer = requests.get(f"{cluster.url}/system", auth=cluster.auth, timeout=10)
+    assert answer.ok and answer.headers["Connection"] == "close"
+    assert "Keep-Alive" not in answer.headers
 
 
 def test_upload_forest_update_find_and_a_job_through_the_balancer(cluster: Cluster) -> None:

@@ -356,6 +356,38 @@ def test_credentials_that_cannot_be_sent_are_refused_without_showing_them(
     assert "s3cr3t" not in shown
 
 
+def closing(server: FakeServer, conn: Any, request: bytes) -> None:
+    """Read the request and close without an answer."""
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"auth": ("kk", SECRET)}, {"auth": None, "token": SECRET}],
+    ids=["basic", "token"],
+)
+def test_a_traceback_with_every_frames_locals_does_not_show_the_credentials(
+    credentials: dict[str, Any],
+) -> None:
+    # pytest prints each frame's arguments, the HTTP layer's header dictionary among them
+    with FakeServer(closing) as server:
+        transport = transport_for(server.url, **credentials)
+        with pytest.raises(OrthancConnectionError, match="broke after the request") as pooled:
+            transport.request("POST", "/studies/x/anonymize", json_body={})
+        with transport.channel() as channel, pytest.raises(OrthancConnectionError) as upload:
+            channel.send("POST", "/instances", b"DICM", content_type="application/dicom")
+    sent = [header_of(request, "Authorization") for request in server.requests]
+    expected = {basic("kk", SECRET), f"Bearer {SECRET}".encode()}
+    assert sent and all(header in expected for header in sent)  # the real value is sent
+    encoded = base64.b64encode(f"kk:{SECRET}".encode()).decode()
+    for error in (pooled.value, upload.value):
+        assert error.__traceback__ is not None  # its first frame is this test's own
+        error.with_traceback(error.__traceback__.tb_next)
+        trace = traceback.TracebackException.from_exception(error, capture_locals=True)
+        shown = "".join(trace.format())
+        assert "'Authorization': '<hidden>'" in shown  # the header's frames are there
+        assert SECRET not in shown and encoded not in shown
+
+
 def test_a_bad_url_does_not_show_its_password() -> None:
     with pytest.raises(ValueError, match="not an http") as caught:
         Transport(f"kk:{SECRET}@localhost")
