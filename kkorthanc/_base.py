@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
+from ._answers import expect_object, shown_error
 from .errors import ValidationFailed
 
 if TYPE_CHECKING:
     from .server import Server
 
 S = TypeVar("S", bound="ServerObject")
-
 
 class ServerObject(BaseModel):
     """A model read from a server, keeping the client it came from for later requests."""
@@ -33,9 +33,10 @@ class ServerObject(BaseModel):
     @classmethod
     def _attached(cls: type[S], data: Any, client: Server | None, what: str) -> S:
         """Validate ``data`` into a model attached to ``client``; ``what`` names it in errors."""
+        expect_object(data, what)
         try:
             obj = cls.model_validate(data)
         except ValidationError as exc:  # kept as the cause
-            raise ValidationFailed(f"cannot read {what}: {exc}") from exc
+            raise ValidationFailed(f"cannot read {what}: {shown_error(exc)}") from exc
         obj._client = client
         return obj

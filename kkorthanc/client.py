@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ._answers import expect_list, expect_object, reading
 from .metadata import all_labels
 from .models import (
     Instance,
@@ -27,6 +28,7 @@ from .models import (
     level_class,
 )
 from .server import (
+    BULK_CONTENT,
     DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_TIMEOUT,
     FEATURES,
@@ -35,6 +37,7 @@ from .server import (
     Server,
     SystemInfo,
     Timeout,
+    checked_statistics,
     chunks,
 )
 from .transfer import DEFAULT_LAYOUT, DEFAULT_MAX_CONSECUTIVE_FAILURES
@@ -114,8 +117,7 @@ class Orthanc(Server):
 
     def statistics(self) -> dict[str, Any]:
         """Counts and disk usage of the whole server (``GET /statistics``), one request."""
-        result: dict[str, Any] = self.get_json("/statistics")
-        return result
+        return checked_statistics(self.get_json("/statistics"), "GET /statistics")
 
     # -- listings ------------------------------------------------------------------------------
 
@@ -127,8 +129,9 @@ class Orthanc(Server):
         ``GET /{level}?expand&since=N&limit=page_size``: one request per page.
         """
         for _, page in self.iter_listing_pages([cls], page_size=page_size, prefetch=prefetch):
-            for item in page:
-                yield cls.from_orthanc(item, self)
+            with reading(f"GET /{cls.collection}"):
+                models = [cls.from_orthanc(item, self) for item in page]
+            yield from models
 
     def iter_listing_pages(
         self,
@@ -199,12 +202,12 @@ class Orthanc(Server):
         reply = self.post_bytes(
             "/tools/lookup", value.encode("utf-8"), repeatable=True
         )
-        matches = reply.json() or []
-        found: list[Resource] = []
-        for match in matches:
-            cls = level_class(str(match["Type"]))
-            found.append(self._get_resource(cls, str(match["ID"])))
-        return found
+        with reading("POST /tools/lookup"):
+            matches = [
+                (level_class(expect_object(match, "a match")["Type"]), match["ID"])
+                for match in expect_list(reply.json() or [], "the matches")
+            ]
+        return [self._get_resource(cls, id) for cls, id in matches]
 
     def _get_resource(self, cls: type[R], id: str) -> R:
         return cls.fetch(self, id)
@@ -417,12 +420,12 @@ class Orthanc(Server):
         ``ids``. With ``level``, each ID is replaced by its ancestors or descendants of that
         level (an instance ID and ``level="patient"`` give its patient).
         """
-        return _grouped([
-            level_class(str(item.get("Type"))).from_orthanc(item, self)
-            for item in self.bulk_json(
-                ids, level=level_class(level).level if level else None, chunk_size=chunk_size
-            )
-        ])
+        data = self.bulk_json(
+            ids, level=level_class(level).level if level else None, chunk_size=chunk_size
+        )
+        with reading(BULK_CONTENT):
+            found = [level_class(item["Type"]).from_orthanc(item, self) for item in data]
+        return _grouped(found)
 
 
 _L = TypeVar("_L", bound=list[Any])

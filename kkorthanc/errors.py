@@ -32,7 +32,16 @@ class OrthancTimeout(OrthancConnectionError):
 
 
 class ValidationFailed(OrthancError):
-    """The server sent JSON that does not fit the model it should fill."""
+    """The server's answer does not have the shape its request gives: JSON of the wrong kind,
+    a field of the wrong type, a value that cannot be read.
+
+    Attributes:
+        request: ``METHOD /path`` of the answer, when known; the message starts with it.
+    """
+
+    def __init__(self, message: str, *, request: str | None = None) -> None:
+        self.request = request
+        super().__init__(f"{request}: {message}" if request else message)
 
 
 class InvalidRequest(OrthancError, ValueError):

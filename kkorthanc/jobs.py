@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from pydantic import ConfigDict, Field
 
 from . import tags as _tags
+from ._answers import expect_list, expect_object, reading
 from ._base import ServerObject
 from .errors import (
     InvalidRequest,
@@ -27,7 +28,7 @@ from .errors import (
     ValidationFailed,
 )
 from .models import LEVELS, Instance, Resource, level_class
-from .server import path_segment
+from .server import BULK_CONTENT, path_segment
 from .values import OrthancTime
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Job(ServerObject):
         Raises:
             NotFound: no node knows the job.
         """
-        fresh = Job.from_orthanc(_job_json(self.client, self.path), self._client)
+        fresh = _read_job(self.client, self.path, self._client)
         for name in type(self).model_fields:
             object.__setattr__(self, name, getattr(fresh, name))
         if fresh.__pydantic_extra__ is not None:
@@ -242,8 +243,9 @@ class Job(ServerObject):
 
 def list_jobs(client: Server) -> list[Job]:
     """All jobs the server remembers (``GET /jobs?expand``), one request."""
-    data = client.get_json("/jobs", {"expand": ""}) or []
-    return [Job.from_orthanc(item, client) for item in data]
+    data = client.get_json("/jobs", {"expand": ""})
+    with reading("GET /jobs?expand"):
+        return [Job.from_orthanc(item, client) for item in expect_list(data or [], "the jobs")]
 
 
 def get_job(client: Server, id: str) -> Job:
@@ -254,7 +256,16 @@ def get_job(client: Server, id: str) -> Job:
             a bounded history, and jobs are per server process; see :meth:`Job.refresh`).
         InvalidRequest: ``id`` cannot be a job ID (it would change the request's path).
     """
-    return Job.from_orthanc(client.get_json(f"/jobs/{path_segment(id, 'job ID')}"), client)
+    path = f"/jobs/{path_segment(id, 'job ID')}"
+    answer = client.get_json(path)
+    with reading(f"GET {path}"):
+        return Job.from_orthanc(answer, client)
+
+
+def _read_job(client: Server, path: str, attached: Server | None) -> Job:
+    answer = _job_json(client, path)
+    with reading(f"GET {path}"):
+        return Job.from_orthanc(answer, attached)
 
 
 def _job_json(client: Server, path: str) -> Any:
@@ -269,12 +280,12 @@ def _job_json(client: Server, path: str) -> Any:
     raise AssertionError("unreachable")
 
 
-def submitted_job(client: Server, answer: Any) -> Job:
-    """The job named by a submission answer (``{ID, Path}``), fetched: one request."""
+def submitted_job(client: Server, answer: Any, request: str) -> Job:
+    """The job named by the answer to ``request`` (``{ID, Path}``), fetched: one request."""
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
-        raise ValidationFailed(f"the server did not answer with a job: {answer!r}")
-    path = f"/jobs/{path_segment(answer['ID'], 'job ID')}"
-    return Job.from_orthanc(_job_json(client, path), client)
+        shown = repr(answer)[:200]
+        raise ValidationFailed(f"the server did not answer with a job: {shown}", request=request)
+    return _read_job(client, f"/jobs/{path_segment(answer['ID'], 'job ID')}", client)
 
 
 # -- delete, anonymize, modify -------------------------------------------------------------------
@@ -437,10 +448,11 @@ def _transform(
         )
     if as_job:
         body["Asynchronous"] = True
-        return submitted_job(server, server.post_json(path, body))
+        return submitted_job(server, server.post_json(path, body), f"POST {path}")
     answer = server.post_json(path, body)
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
-        raise ValidationFailed(f"POST {path}: no new resource in the answer {answer!r}")
+        shown = repr(answer)[:200]
+        raise ValidationFailed(f"no new resource in the answer {shown}", request=f"POST {path}")
     if answer["ID"] == resource.id:
         # Modified in place: the files changed, but the server's index may still hold the
         # old main tags (Orthanc 1.10 does) until it re-reads them.
@@ -538,16 +550,17 @@ def transform_many(
     path = f"/tools/bulk-{operation}"
     if as_job:
         body["Asynchronous"] = True
-        return submitted_job(server, server.post_json(path, body))
+        return submitted_job(server, server.post_json(path, body), f"POST {path}")
     answer = server.post_json(path, body)
     created = answer.get("Resources") if isinstance(answer, dict) else None
     if not isinstance(created, list):
-        raise ValidationFailed(f"POST {path}: no resources in the answer {answer!r}")
-    ids = [str(item["ID"]) for item in created if isinstance(item, dict) and "ID" in item]
-    found = [
-        level_class(str(item.get("Type"))).from_orthanc(item, server)
-        for item in server.bulk_json(ids)
-    ]
+        shown = repr(answer)[:200]
+        raise ValidationFailed(f"no resources in the answer {shown}", request=f"POST {path}")
+    with reading(f"POST {path}"):
+        ids = [expect_object(item, "a resource")["ID"] for item in created]
+    data = server.bulk_json(ids)
+    with reading(BULK_CONTENT):
+        found = [level_class(item["Type"]).from_orthanc(item, server) for item in data]
     return found
 
 

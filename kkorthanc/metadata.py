@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
+from ._answers import expect_names, expect_texts
 from .errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -104,14 +105,14 @@ def resource_labels(server: Server, path: str) -> tuple[str, ...]:
     """``GET {path}/labels``: the labels of one resource, sorted; one request."""
     server.require("Labels")
     answer = server.get_json(f"{path}/labels")
-    return tuple(sorted(str(label) for label in answer or ()))
+    return tuple(sorted(expect_names(answer, f"GET {path}/labels")))
 
 
 def all_labels(server: Server) -> tuple[str, ...]:
     """``GET /tools/labels``: every label in use on the server, sorted; one request."""
     server.require("Labels")
     answer = server.get_json("/tools/labels")
-    return tuple(sorted(str(label) for label in answer or ()))
+    return tuple(sorted(expect_names(answer, "GET /tools/labels")))
 
 
 # -- metadata ------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def all_labels(server: Server) -> tuple[str, ...]:
 def list_metadata(server: Server, path: str) -> dict[str, str]:
     """``GET {path}/metadata?expand``: every metadata of the resource, name -> value."""
     answer = server.get_json(f"{path}/metadata", {"expand": ""})
-    return {str(key): str(value) for key, value in (answer or {}).items()}
+    return dict(expect_texts(answer, f"GET {path}/metadata?expand"))
 
 
 def get_metadata(server: Server, path: str, name: str) -> Revisioned:
@@ -164,7 +165,8 @@ def delete_metadata(server: Server, path: str, name: str, revision: str | None =
 
 def list_attachments(server: Server, path: str) -> tuple[str, ...]:
     """``GET {path}/attachments``: the names of the resource's attachments; one request."""
-    return tuple(str(name) for name in server.get_json(f"{path}/attachments") or ())
+    answer = server.get_json(f"{path}/attachments")
+    return tuple(expect_names(answer, f"GET {path}/attachments"))
 
 
 def get_attachment(server: Server, path: str, name: str) -> Revisioned:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import tags as _tags
+from ._answers import expect_list, expect_object, reading, shown_error
 from ._base import ServerObject
 from .errors import (
     BadRequest,
@@ -37,6 +38,7 @@ from .errors import (
 )
 from .jobs import Job, submitted_job
 from .models import Level, Resource, level_class
+from .server import path_segment
 from .values import DA, IS, PN, TM, MultiText, Text
 
 if TYPE_CHECKING:
@@ -177,23 +179,26 @@ class Modality(ServerObject):
         except BadRequest as exc:
             raise _bad_query(keys, exc) from exc
         if not isinstance(created, dict) or not isinstance(created.get("ID"), str):
-            raise ValidationFailed(f"POST {self.path}/query: no query in the answer {created!r}")
-        query_id = created["ID"]
-        answers = transport.get_json(f"/queries/{query_id}/answers", {"expand": "", "simplify": ""})
-        if not isinstance(answers, list):
-            raise ValidationFailed(f"GET /queries/{query_id}/answers: expected a JSON list")
-        total = len(answers)
-        return [
-            FindAnswer.from_orthanc(
-                item,
-                level=name,
-                modality=self.name,
-                query_id=query_id,
-                index=index,
-                query_size=total,
+            shown = repr(created)[:200]
+            raise ValidationFailed(
+                f"no query in the answer {shown}", request=f"POST {self.path}/query"
             )
-            for index, item in enumerate(answers)
-        ]
+        query_id = path_segment(created["ID"], "query ID")
+        path = f"/queries/{query_id}/answers"
+        answers = transport.get_json(path, {"expand": "", "simplify": ""})
+        with reading(f"GET {path}?expand&simplify"):
+            total = len(expect_list(answers, "the C-FIND answers"))
+            return [
+                FindAnswer.from_orthanc(
+                    item,
+                    level=name,
+                    modality=self.name,
+                    query_id=query_id,
+                    index=index,
+                    query_size=total,
+                )
+                for index, item in enumerate(answers)
+            ]
 
     # -- C-MOVE -------------------------------------------------------------------------------
 
@@ -250,7 +255,7 @@ class Modality(ServerObject):
             path = f"/queries/{first.query_id}/retrieve"
         else:
             path = f"/queries/{self._narrowing_query(list(unique.values()))}/retrieve"
-        return submitted_job(self.client, self.client.post_json(path, body))
+        return submitted_job(self.client, self.client.post_json(path, body), f"POST {path}")
 
     def _narrowing_query(self, answers: Sequence[FindAnswer]) -> str:
         # the identifier of the level pins the set of answers down exactly
@@ -331,11 +336,9 @@ class Modality(ServerObject):
         except ServerError as exc:
             raise _modality_error(StoreFailed, self.name, exc) from exc
         if as_job:
-            return submitted_job(self.client, answer)
-        try:
-            report = StoreReport.model_validate(answer)
-        except ValidationError as exc:  # kept as the cause
-            raise ValidationFailed(f"cannot read the C-STORE report: {exc}") from exc
+            return submitted_job(self.client, answer, f"POST {self.path}/store")
+        with reading(f"POST {self.path}/store"):
+            report = StoreReport.model_validate(expect_object(answer, "the C-STORE report"))
         if report.failed_instances_count:
             raise StoreFailed(
                 self.name,
@@ -457,7 +460,8 @@ class FindAnswer(BaseModel):
                 }
             )
         except ValidationError as exc:  # kept as the cause
-            raise ValidationFailed(f"cannot read C-FIND answer {index}: {exc}") from exc
+            why = shown_error(exc)
+            raise ValidationFailed(f"cannot read C-FIND answer {index}: {why}") from exc
 
     def __repr__(self) -> str:
         uid = getattr(self, level_class(self.level).uid_field)
@@ -474,9 +478,9 @@ class FindAnswer(BaseModel):
 def list_modalities(client: Server) -> list[Modality]:
     """The modalities configured on the server (``GET /modalities?expand``), one request."""
     data = client.get_json("/modalities", {"expand": ""}) or {}
-    if not isinstance(data, dict):
-        raise ValidationFailed(f"GET /modalities?expand: expected a JSON object, not {data!r}")
-    return [Modality.from_orthanc(name, config, client) for name, config in data.items()]
+    with reading("GET /modalities?expand"):
+        configs = expect_object(data, "the modalities").items()
+        return [Modality.from_orthanc(name, config, client) for name, config in configs]
 
 
 def get_modality(client: Server, name: str) -> Modality:
@@ -491,7 +495,8 @@ def get_modality(client: Server, name: str) -> Modality:
         data = client.get_json(f"/modalities/{name}/configuration")
     except NotFound as exc:
         raise UnknownModality(f"the server has no modality named {name!r}") from exc
-    return Modality.from_orthanc(name, data, client)
+    with reading(f"GET /modalities/{name}/configuration"):
+        return Modality.from_orthanc(name, data, client)
 
 
 # -- query building ------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from . import metadata as _metadata
+from ._answers import expect_list, expect_object, reading
 from ._base import ServerObject
 from .metadata import Revisioned
-from .server import path_segment
+from .server import BULK_CONTENT, checked_statistics, path_segment
 from .values import DA, DS, DT, IS, PN, TM, MultiDS, MultiPN, MultiText, OrthancTime, Text
 
 if TYPE_CHECKING:
@@ -128,9 +129,17 @@ class Resource(ServerObject):
 
     @classmethod
     def from_orthanc(cls: type[R], data: dict[str, Any], client: Server | None = None) -> R:
-        """Build a model from an expanded Orthanc JSON object."""
-        tags = data.get("MainDicomTags") or {}
-        return cls._attached({**tags, **data}, client, f"{cls.level} {data.get('ID', '?')}")
+        """Build a model from an expanded Orthanc JSON object.
+
+        Raises:
+            ValidationFailed: ``data`` is not such an object (not an object, a field of the
+                wrong type, ...).
+        """
+        what = cls.level.lower()
+        expect_object(data, what)
+        what = f"{what} {data.get('ID', '?')}"
+        tags = expect_object(data.get("MainDicomTags") or {}, f"the MainDicomTags of {what}")
+        return cls._attached({**tags, **data}, client, what)
 
     @classmethod
     def fetch(cls: type[R], server: Server, id: str) -> R:
@@ -141,7 +150,10 @@ class Resource(ServerObject):
             NotFound: the server has no such resource.
         """
         path_segment(id, f"{cls.level.lower()} ID")
-        return cls.from_orthanc(server.get_json(f"/{cls.collection}/{id}"), server)
+        path = f"/{cls.collection}/{id}"
+        data = server.get_json(path)
+        with reading(f"GET {path}"):
+            return cls.from_orthanc(data, server)
 
     @classmethod
     def parent_class(cls) -> type[Resource] | None:
@@ -201,8 +213,10 @@ class Resource(ServerObject):
 
     def _fetch_children(self, cls: type[R]) -> list[R]:
         """``GET /{level}/{id}/{children}``: the children, expanded, one request."""
-        data = self.client.get_json(f"{self.path}/{cls.collection}")
-        return [cls.from_orthanc(item, self.client) for item in data]
+        path = f"{self.path}/{cls.collection}"
+        data = self.client.get_json(path)
+        with reading(f"GET {path}"):
+            return [cls.from_orthanc(item, self.client) for item in expect_list(data, path)]
 
     def _server_key(self) -> str:
         return self._client.url if self._client is not None else ""
@@ -254,10 +268,10 @@ class Resource(ServerObject):
         server = self.client
         data = server.bulk_json([s.id for s in waiting], level=child_class.level)
         by_parent: dict[str, list[Resource]] = {}
-        parent_key = child_class.parent_key or ""
-        for item in data:
-            child = child_class.from_orthanc(item, server)
-            by_parent.setdefault(str(item.get(parent_key)), []).append(child)
+        with reading(BULK_CONTENT):
+            for item in data:
+                child = child_class.from_orthanc(item, server)
+                by_parent.setdefault(child.parent_id or "", []).append(child)
         everyone: list[Resource] = []
         for sibling in waiting:
             found = by_parent.get(sibling.id, [])
@@ -293,10 +307,9 @@ class Resource(ServerObject):
         if not ids:
             return
         server = self.client
-        parents = {
-            parent.id: parent
-            for parent in (cls.from_orthanc(item, server) for item in server.bulk_json(ids))
-        }
+        data = server.bulk_json(ids)
+        with reading(BULK_CONTENT):
+            parents = {parent.id: parent for parent in (cls.from_orthanc(i, server) for i in data)}
         for sibling in waiting:
             found = parents.get(sibling.parent_id or "")
             if found is not None:
@@ -370,8 +383,8 @@ class Resource(ServerObject):
 
     def statistics(self) -> dict[str, Any]:
         """Disk usage and counts (``GET /{level}/{id}/statistics``), one request."""
-        result: dict[str, Any] = self.client.get_json(f"{self.path}/statistics")
-        return result
+        path = f"{self.path}/statistics"
+        return checked_statistics(self.client.get_json(path), f"GET {path}")
 
     # -- labels, metadata, attachments -----------------------------------------------------------
 
@@ -698,8 +711,9 @@ class Instance(Resource):
 
     def tags(self) -> dict[str, Any]:
         """All tags, simplified to keyword -> value (``GET /instances/{id}/tags?simplify``)."""
-        result: dict[str, Any] = self.client.get_json(f"{self.path}/tags", {"simplify": ""})
-        return result
+        answer = self.client.get_json(f"{self.path}/tags", {"simplify": ""})
+        with reading(f"GET {self.path}/tags?simplify"):
+            return expect_object(answer, "the tags")
 
     def dataset(self) -> pydicom.Dataset:
         """The file parsed by pydicom (needs the ``dicom`` extra); one request."""

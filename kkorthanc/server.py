@@ -9,7 +9,6 @@ capability gates read from ``/system``. It builds no models: it hands over JSON.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,6 +16,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._answers import expect_list, expect_object, reading
+from ._limits import kind_of
 from ._transport import (
     DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_TIMEOUT,
@@ -27,7 +28,7 @@ from ._transport import (
     Timeout,
     Transport,
 )
-from .errors import InvalidRequest, OrthancError, UnsupportedByServer
+from .errors import InvalidRequest, UnsupportedByServer, ValidationFailed
 from .values import OrthancTime
 
 _R = TypeVar("_R")
@@ -169,6 +170,8 @@ class ChangePage(BaseModel):
     """The sequence number to ask from next (``since=last``)."""
 
 
+#: the request of :meth:`Server.bulk_json`, as errors name it
+BULK_CONTENT = "POST /tools/bulk-content"
 #: POST routes that change nothing on the server (everything else but GET may)
 _READ_ONLY_POSTS = frozenset(
     {"/tools/find", "/tools/lookup", "/tools/bulk-content", "/tools/create-archive"}
@@ -276,7 +279,9 @@ class Server:
         if self._system is None:
             with self._system_lock:
                 if self._system is None:
-                    self._system = SystemInfo.model_validate(self.get_json("/system"))
+                    answer = self.get_json("/system")
+                    with reading("GET /system"):
+                        self._system = SystemInfo.model_validate(expect_object(answer, "/system"))
         return self._system
 
     def supports(self, feature: str) -> bool:
@@ -440,7 +445,8 @@ class Server:
     def last_change(self) -> int:
         """The newest sequence number of the change feed (``GET /changes?last``), one request."""
         answer = self.get_json("/changes", {"last": ""})
-        return int(answer.get("Last") or 0) if isinstance(answer, dict) else 0
+        with reading("GET /changes?last"):
+            return ChangePage.model_validate(expect_object(answer, "the change feed")).last
 
     def changes(self, since: int = 0, limit: int = 1000) -> ChangePage:
         """One page of the change feed: the changes after sequence number ``since``.
@@ -452,7 +458,8 @@ class Server:
         if since < 0 or limit < 1:
             raise ValueError(f"changes() needs since >= 0 and limit >= 1, not {since}, {limit}")
         answer = self.get_json("/changes", {"since": since, "limit": limit})
-        return ChangePage.model_validate(answer)
+        with reading("GET /changes"):
+            return ChangePage.model_validate(expect_object(answer, "the change feed"))
 
     def iter_changes(self, since: int = 0, page_size: int = 1000) -> Iterator[ChangePage]:
         """The change feed after ``since``, page by page, up to the page that says ``done``.
@@ -477,7 +484,7 @@ class Server:
         resources in all.
 
         Raises:
-            OrthancError: the server's answer is not a JSON list.
+            ValidationFailed: the server's answer is not a JSON list.
         """
         since = 0
         while True:
@@ -485,9 +492,8 @@ class Server:
             page = self.post_json(
                 "/tools/find", {**body, "Since": since, "Limit": want}, repeatable=True
             )
-            if not isinstance(page, list):
-                shown = json.dumps(page)[:80]
-                raise OrthancError(f"POST /tools/find: expected a JSON list, got {shown}")
+            with reading("POST /tools/find"):
+                expect_list(page, "the resources found")
             yield page
             since += len(page)
             if len(page) < want or (limit is not None and since >= limit):
@@ -510,7 +516,9 @@ class Server:
             if level is not None:
                 body["Level"] = level
             answer = self.post_json("/tools/bulk-content", body, repeatable=True)
-            found.extend(item for item in answer or () if isinstance(item, dict))
+            with reading(BULK_CONTENT):
+                items = expect_list(answer or [], "the resources")
+                found.extend(expect_object(item, "a resource") for item in items)
         return found
 
 
@@ -527,12 +535,37 @@ __all__ = [
     "Server",
     "SystemInfo",
     "Timeout",
+    "checked_statistics",
     "chunks",
     "path_segment",
 ]
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
+
+
+def checked_statistics(answer: Any, request: str) -> dict[str, Any]:
+    """The answer of a ``/statistics`` route, checked: counts (``Count...``) are integers,
+    sizes (``...Size``, sent as strings of digits since they can exceed 32 bits) are digits,
+    megabytes (``...MB``) are numbers.
+
+    Raises:
+        ValidationFailed: a value of another kind, naming ``request``.
+    """
+    with reading(request):
+        stats = expect_object(answer, "the statistics")
+        for key, value in stats.items():
+            if key.startswith("Count"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif key.endswith("Size"):
+                ok = (isinstance(value, str) and value.isdigit()) or type(value) is int
+            elif key.endswith("MB"):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                continue
+            if not ok:
+                raise ValidationFailed(f"{key} is {kind_of(value)}, not a number")
+    return stats
 
 
 def path_segment(value: str, what: str) -> str:

@@ -1136,6 +1136,7 @@ ORTHANC_LIKE_ID = "0b0b0b0b-0b0b0b0b-0b0b0b0b-0b0b0b0b-0b0b0b0b"
 HOSTILE_ANSWERS: dict[str, tuple[bytes, bytes]] = {
     "a string for everything": (reply(SYSTEM_1_12), reply(b'"x"')),
     "a list of numbers": (reply(SYSTEM_1_12), reply(b"[1, 2, 3]")),
+    "an object for everything": (reply(SYSTEM_1_12), reply(b'{"CountPatients": "many"}')),
     "resources of no level": (reply(SYSTEM_1_12), reply(b'[{"ID": "x"}]')),
     "a system answer of the wrong shape": (reply(b'{"Version": 12}'), reply(b"[]")),
     "409 Conflict": (
@@ -1156,14 +1157,18 @@ HOSTILE_ANSWERS: dict[str, tuple[bytes, bytes]] = {
 #: (server, command, exit code, what the one error line must say)
 HOSTILE_CASES: list[tuple[str, list[str], int, str]] = [
     # answers of the wrong shape: the library's own error, or one it did not foresee
-    ("a string for everything", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/lookup"),
+    ("a string for everything", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
     ("a string for everything", ["find", "study", "PatientID=x"], 1, "POST /tools/find"),
     ("a string for everything", ["stats"], 1, "GET /statistics"),
     ("a string for everything", ["jobs", "cancel", "abc"], 1, "GET /jobs/abc"),
-    ("a list of numbers", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/lookup"),
+    ("a list of numbers", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
     ("resources of no level", ["show", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
     ("resources of no level", ["delete", "--yes", ORTHANC_LIKE_ID], 1, "POST /tools/bulk-content"),
-    ("a list of numbers", ["tree"], 1, "GET /patients"),
+    ("a list of numbers", ["tree"], 1, "GET /changes?last"),  # a forest reads it first
+    ("a list of numbers", ["labels", "list"], 1, "GET /tools/labels"),  # once printed 1 2 3
+    ("a list of numbers", ["stats"], 1, "GET /statistics"),
+    ("an object for everything", ["labels", "list"], 1, "GET /tools/labels"),
+    ("an object for everything", ["stats", "--json"], 1, "GET /statistics"),
     ("a system answer of the wrong shape", ["stats"], 1, "GET /system"),
     ("a system answer of the wrong shape", ["labels", "list"], 1, "GET /system"),
     # statuses, redirects, limits, features

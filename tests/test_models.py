@@ -257,7 +257,7 @@ def test_unmodelled_tags_are_kept_and_newer_fields_ignored() -> None:
 
 
 def test_invalid_json_raises_our_error_with_cause() -> None:
-    with pytest.raises(ValidationFailed, match="Instance") as caught:
+    with pytest.raises(ValidationFailed, match="cannot read instance") as caught:
         Instance.from_orthanc({"MainDicomTags": {}})
     assert caught.value.__cause__ is not None
 

@@ -17,6 +17,7 @@ import threading
 from collections.abc import ItemsView, Iterable, Iterator, ValuesView
 from typing import TYPE_CHECKING, Any, cast
 
+from .._answers import reading
 from ..models import LEVELS, Patient, Resource, Study, level_class
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos
 from ._file import (
@@ -77,10 +78,11 @@ def fill(
     meta: dict[type[Resource], dict[str, _Listed]] = {cls: {} for cls in levels}
     counters = {cls: pos_range(cls)[0] for cls in levels}
     memos = _new_memos()
-    with _GC_PAUSE:
+    with _GC_PAUSE, reading() as answer:
         by_path = {f"/{cls.collection}": cls for cls in levels}
         listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
         for path, page in listings:
+            answer.request = f"GET {path}"
             cls = by_path[path]
             codec = file.codecs.get(cls.depth)
             if codec is None:

@@ -11,6 +11,7 @@ import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+from .._answers import expect_object, reading
 from ..models import LEVELS, Resource, Study, level_class
 from ..server import Change, ChangePage
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos, _Unsupported
@@ -39,10 +40,9 @@ def _feed_position(client: Server) -> tuple[int, Anchor | None]:
     """The newest sequence number of the change feed and its change (``GET /changes?last``,
     the request of :meth:`Server.last_change`)."""
     answer = client.get_json("/changes", {"last": ""})
-    if not isinstance(answer, dict):
-        return 0, None
-    page = ChangePage.model_validate(answer)
-    last = int(answer.get("Last") or 0)
+    with reading("GET /changes?last"):
+        page = ChangePage.model_validate(expect_object(answer, "the change feed"))
+    last = page.last
     found = [c for c in page.changes if c.seq == last]
     return last, _anchor_of(found[0]) if found else None
 
@@ -100,26 +100,27 @@ def _load(client: Server, depth: Depth, page_size: int) -> _State:
             uid_field = cls.uid_field
             parent_field = cls.parent_field
             by_parent = groups[cls]
-            for item in page:
-                try:
-                    obj = build(item, client, memos)
-                except _Unsupported:
-                    obj = make(item, client, memos)
-                fields = obj.__dict__
-                previous = table.get(obj.id)
-                if previous is not None:  # listed twice: the server changed between pages
-                    state.unindex(previous)
-                table[obj.id] = obj
-                uids.add(fields[uid_field], obj)
-                if cls is Study:
-                    state.accession.add(fields["accession_number"], obj)
-                if parent_field is not None:
-                    parent_id = fields[parent_field]
-                    siblings = by_parent.get(parent_id)
-                    if siblings is None:
-                        by_parent[parent_id] = [obj]
-                    else:
-                        siblings.append(obj)
+            with reading(f"GET {path}"):
+                for item in page:
+                    try:
+                        obj = build(item, client, memos)
+                    except _Unsupported:
+                        obj = make(item, client, memos)
+                    fields = obj.__dict__
+                    previous = table.get(obj.id)
+                    if previous is not None:  # listed twice: the server changed between pages
+                        state.unindex(previous)
+                    table[obj.id] = obj
+                    uids.add(fields[uid_field], obj)
+                    if cls is Study:
+                        state.accession.add(fields["accession_number"], obj)
+                    if parent_field is not None:
+                        parent_id = fields[parent_field]
+                        siblings = by_parent.get(parent_id)
+                        if siblings is None:
+                            by_parent[parent_id] = [obj]
+                        else:
+                            siblings.append(obj)
             _GC_PAUSE.settle()
         for parent_cls, child_cls in itertools.pairwise(levels):
             _link_level(state, parent_cls, child_cls, groups[child_cls])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 
+from .._answers import reading
 from ..models import LEVELS, Resource, Study, level_class
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos
 from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _feed_position
@@ -59,10 +60,11 @@ def _load_compact(client: Server, depth: Depth, page_size: int) -> _CompactState
     state.last_seq, state.anchor = _feed_position(client)
     meta: dict[type[Resource], dict[str, _Meta]] = {cls: {} for cls in levels}
     memos = _new_memos()
-    with _GC_PAUSE:
+    with _GC_PAUSE, reading() as answer:
         by_path = {f"/{cls.collection}": cls for cls in levels}
         listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
         for path, page in listings:
+            answer.request = f"GET {path}"
             cls = by_path[path]
             make = _FACTORIES[cls]
             uid_field = cls.uid_field

@@ -12,8 +12,10 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._answers import expect_names, reading
 from ..errors import OrthancError
 from ..models import LEVELS, Patient, Resource, Study, level_class
+from ..server import BULK_CONTENT, checked_statistics
 from ._factory import _FACTORIES, _new_memos
 from .build import Anchor, _anchor_of, _load
 from .reports import UpdateReport, _by_level
@@ -362,7 +364,8 @@ class _Updater:
                 self.fresh_ids.add(resource_id)
                 if up:
                     self._schedule_ancestors(item, batch, asked, pending)
-        self._apply(fetched, vanished)
+        with reading(BULK_CONTENT):
+            self._apply(fetched, vanished)
 
     def _parent_id_of(self, resource_id: str) -> str | None:
         found = self._find(resource_id)
@@ -545,7 +548,7 @@ class _Updater:
 
     def _reconcile(self) -> None:
         """Compare the counts with the server's; find what vanished (or was missed) by ID."""
-        stats = self.client.get_json("/statistics") or {}
+        stats = checked_statistics(self.client.get_json("/statistics"), "GET /statistics")
         state = self.state
         if self.verify_all:
             self.notes.append("listed the IDs of every level to check the forest")
@@ -557,9 +560,7 @@ class _Updater:
             if not self.verify_all and (not isinstance(server, int) or have == server):
                 continue
             on_server = self.client.get_json(f"/{cls.collection}")
-            if not isinstance(on_server, list):
-                raise OrthancError(f"GET /{cls.collection}: expected a JSON list of IDs")
-            server_ids = {str(i) for i in on_server}
+            server_ids = set(expect_names(on_server, f"GET /{cls.collection}"))
             if have != server:
                 self.notes.append(
                     f"{have} {cls.collection} in the forest, {server} on the server: "
@@ -599,12 +600,10 @@ class _Updater:
         client = self.client
         if not client.supports("Labels"):
             return
-        names = client.get_json("/tools/labels")
-        if not isinstance(names, list):
-            raise OrthancError("GET /tools/labels: expected a JSON list of labels")
+        names = expect_names(client.get_json("/tools/labels"), "GET /tools/labels")
         for cls in self.state.levels:
             members: dict[str, set[str]] = defaultdict(set)
-            for name in sorted(str(n) for n in names):
+            for name in sorted(names):
                 found = client.post_json(
                     "/tools/find",
                     {
@@ -616,10 +615,8 @@ class _Updater:
                     },
                     repeatable=True,
                 )
-                if not isinstance(found, list):
-                    raise OrthancError(f"POST /tools/find: expected a JSON list of {cls.level} IDs")
-                for resource_id in found:
-                    members[str(resource_id)].add(name)
+                for resource_id in expect_names(found, "POST /tools/find"):
+                    members[resource_id].add(name)
             table = self.state.tables[cls]
             held = [obj for obj in table.values() if obj.__dict__["labels"]]
             held += [obj for i in members if (obj := table.get(i)) is not None]

@@ -10,8 +10,10 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._answers import expect_object, reading
 from ..errors import QueryError
 from ..models import Resource, Study, level_class
+from ..server import BULK_CONTENT
 from ..tags import TAG_NUMBERS, tag_keyword
 from .compile import COMPUTED_TAGS, CompiledQuery, compile_query, labels_filter
 
@@ -104,8 +106,9 @@ def _listing(
         # ";" before decoding it, so an encoded separator is one unknown tag to it
         path += f"?{client.requested_tags_parameter}={';'.join(wanted)}"
     for page in client.iter_pages(path, page_size=size):
-        for item in page:
-            yield cls.from_orthanc(item, client)
+        with reading(f"GET {path}"):
+            models = [cls.from_orthanc(item, client) for item in page]
+        yield from models
 
 
 #: The REST API version (1.11.0) from which Orthanc checks ``ModalitiesInStudy`` study by
@@ -140,14 +143,15 @@ def _studies_by_series(
     }
     study_ids: dict[str, None] = {}
     for page in client.iter_find(body, page_size=page_size):
-        for item in page:
-            parent = item.get("ParentStudy") if isinstance(item, dict) else None
-            if isinstance(parent, str):
-                study_ids[parent] = None
+        with reading("POST /tools/find"):
+            for item in page:
+                study_ids[expect_object(item, "a series")["ParentStudy"]] = None
         if limit is not None and len(study_ids) >= limit:
             break
     wanted = list(study_ids)[:limit]
-    return [Study.from_orthanc(item, client) for item in client.bulk_json(wanted)]
+    data = client.bulk_json(wanted)
+    with reading(BULK_CONTENT):
+        return [Study.from_orthanc(item, client) for item in data]
 
 
 def _find_pages(
@@ -166,5 +170,6 @@ def _find_pages(
         **extra,
     }
     for page in client.iter_find(body, page_size=page_size, limit=limit):
-        for item in page:
-            yield cls.from_orthanc(item, client)
+        with reading("POST /tools/find"):
+            models = [cls.from_orthanc(item, client) for item in page]
+        yield from models

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._answers import expect_list, reading
 from ..errors import (
     Forbidden,
     OrthancConnectionError,
@@ -112,12 +113,14 @@ class _Resolver:
         series_list = study.series
         missing = [s for s in series_list if not s.relations_loaded]
         if len(missing) > 1:  # one study-wide listing instead of one per series
-            data = self.client.get_json(f"{study.path}/{Instance.collection}")
+            path = f"{study.path}/{Instance.collection}"
+            data = self.client.get_json(path)
             by_series: dict[str, list[Instance]] = {s.id: [] for s in missing}
-            for entry in data:
-                instance = Instance.from_orthanc(entry, self.client)
-                if instance.parent_id in by_series:
-                    by_series[instance.parent_id].append(instance)
+            with reading(f"GET {path}"):
+                for entry in expect_list(data, "the instances"):
+                    instance = Instance.from_orthanc(entry, self.client)
+                    if instance.parent_id in by_series:
+                        by_series[instance.parent_id].append(instance)
             for series in missing:
                 children = by_series[series.id]
                 for instance in children:
