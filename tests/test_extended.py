@@ -406,11 +406,14 @@ def test_count_sends_the_find_body_without_paging_and_reads_the_count(fake: Any)
 
 
 @no_cassette
-def test_count_refuses_case_sensitivity_before_sending(fake: Any) -> None:
+def test_count_refuses_what_the_server_cannot_count(fake: Any) -> None:
     _, client = fake()
     with pytest.raises(QueryError, match="Orthanc refuses CaseSensitive"):
         client.count("patient", PatientName="DOE*", case_sensitive=True)
     assert client.request_count == 0
+    with pytest.raises(QueryError, match="cannot filter on ModalitiesInStudy"):
+        client.count("study", ModalitiesInStudy="MR")
+    assert client.request_count == 1  # GET /system, to know the server counts at all
 
 
 @no_cassette

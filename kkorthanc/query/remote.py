@@ -165,7 +165,7 @@ def server_count(
 
     Raises:
         QueryError, UnknownKeyword: the query is refused before anything is sent
-            (``case_sensitive=True`` too).
+            (``case_sensitive=True`` and ``ModalitiesInStudy`` too).
         UnsupportedByServer: the server is older than 1.12.5, or metadata patterns or a parent
             need extended find that its index lacks; nothing is sent.
         OrthancError: the answer holds no count.
@@ -179,6 +179,12 @@ def server_count(
         client, level, query, False, None, 1, labels, labels_constraint, None, None,
         metadata, parent, tags, needs=("CountResources",),
     )
+    if compiled.computed:
+        raise QueryError(
+            f"count() cannot filter on {compiled.computed[0].keyword}: Orthanc computes it "
+            "from the children in a find, not in /tools/count-resources; take len(find(...)) "
+            "instead"
+        )
     body: dict[str, Any] = {
         "Level": compiled.level,
         "Query": compiled.request_query(),
