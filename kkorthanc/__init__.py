@@ -43,6 +43,7 @@ from .forest import PatientForest, UpdateReport, build_patient_forest
 from .jobs import Job
 from .modalities import FindAnswer, Modality, StoreReport
 from .models import Instance, Patient, Resource, Series, Study, orthanc_id
+from .query import OrderBy
 from .server import Server
 from .tags import PersonName
 from .transfer import ExportReport, UploadItem, UploadReport
@@ -70,6 +71,7 @@ __all__ = [
     "NoResultingResource",
     "NotFound",
     "NotInForest",
+    "OrderBy",
     "Orthanc",
     "OrthancConnectionError",
     "OrthancError",

@@ -8,7 +8,7 @@ models and hands the rest to the modules that own each operation.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -46,6 +46,7 @@ from .transfer.progress import ProgressOption
 if TYPE_CHECKING:
     from .jobs import Job
     from .modalities import Modality
+    from .query.remote import Parent, SortKeys
     from .transfer import ExportReport, UploadReport
 
 R = TypeVar("R", bound=Resource)
@@ -222,6 +223,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Patient]: ...
     @overload
@@ -232,6 +236,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Study]: ...
     @overload
@@ -242,6 +249,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Series]: ...
     @overload
@@ -252,6 +262,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Instance]: ...
     @overload
@@ -262,6 +275,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[R]: ...
     @overload
@@ -272,6 +288,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Resource]: ...
     def find(
@@ -281,6 +300,9 @@ class Orthanc(Server):
         *,
         limit: int | None = None,
         case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
         **tags: Any,
     ) -> list[Any]:
         """Resources matching DICOM tags (``POST /tools/find``); see :mod:`kkorthanc.query`.
@@ -292,15 +314,84 @@ class Orthanc(Server):
         ``.patient``), all of them do, with ``POST /tools/bulk-content`` (one request per
         1,000), so a find and a walk down to instances costs a request per level, not
         one per resource.
+
+        Orthanc 1.12.5 and later, on an index with extended find, also take ``order_by``
+        (sort keys: :class:`~kkorthanc.query.OrderBy` objects or tag names; the result then
+        keeps the server's order instead of Orthanc IDs'), ``metadata`` (``{name: pattern}``)
+        and ``parent`` (a resource, or ``(level, Orthanc ID)``, whose descendants are found).
+        Older servers would ignore them, so they are refused there with
+        :class:`~kkorthanc.errors.UnsupportedByServer` before anything is sent.
         """
         from . import query as _query
 
         name = level if isinstance(level, str) else level.level
         return _grouped(
             _query.server_find(
-                self, name, query, limit=limit, case_sensitive=case_sensitive, **tags
+                self,
+                name,
+                query,
+                limit=limit,
+                case_sensitive=case_sensitive,
+                order_by=order_by,
+                metadata=metadata,
+                parent=parent,
+                **tags,
             )
         )
+
+    def find_json(
+        self,
+        level: str | type[Resource],
+        query: dict[str, Any] | None = None,
+        *,
+        response_content: Iterable[str] | None = None,
+        limit: int | None = None,
+        case_sensitive: bool = False,
+        order_by: SortKeys | None = None,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
+        **tags: Any,
+    ) -> list[dict[str, Any]]:
+        """The server's JSON answers to a find (``POST /tools/find``), in its order, one
+        request per 1,000; see :func:`kkorthanc.query.server_find_json`.
+
+        ``response_content`` (Orthanc 1.12.5+ with extended find) names the parts each answer
+        holds besides ``ID`` and ``Type`` (``["Metadata", "Attachments"]``, ...). Such trimmed
+        answers cannot fill the typed models, which is why :meth:`find` never asks for them.
+        """
+        from . import query as _query
+
+        name = level if isinstance(level, str) else level.level
+        return _query.server_find_json(
+            self,
+            name,
+            query,
+            response_content=response_content,
+            limit=limit,
+            case_sensitive=case_sensitive,
+            order_by=order_by,
+            metadata=metadata,
+            parent=parent,
+            **tags,
+        )
+
+    def count(
+        self,
+        level: str | type[Resource],
+        query: dict[str, Any] | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        parent: Parent | None = None,
+        **tags: Any,
+    ) -> int:
+        """How many resources match (``POST /tools/count-resources``, Orthanc 1.12.5+), one
+        request; the query as in :meth:`find`, ``labels=`` too, without ``case_sensitive``
+        (the server refuses it in a count). See :func:`kkorthanc.query.server_count`.
+        """
+        from . import query as _query
+
+        name = level if isinstance(level, str) else level.level
+        return _query.server_count(self, name, query, metadata=metadata, parent=parent, **tags)
 
     def upload(
         self,

@@ -1,4 +1,4 @@
-"""Remote DICOM modalities configured on the server: C-ECHO, C-FIND, C-MOVE and C-STORE.
+"""Remote DICOM modalities configured on the server: C-ECHO, C-FIND, C-MOVE, C-GET and C-STORE.
 
 The server does the DICOM networking; this module drives it over REST. A :class:`Modality`
 is one entry of the server's ``DicomModalities``. :meth:`Modality.find` queries it and returns
@@ -37,7 +37,7 @@ from .errors import (
     ValidationFailed,
 )
 from .jobs import Job, submitted_job
-from .models import Level, Resource, level_class
+from .models import LEVELS, Level, Resource, level_class
 from .server import path_segment
 from .values import DA, IS, PN, TM, MultiText, Text
 
@@ -279,6 +279,88 @@ class Modality(ServerObject):
         except ServerError as exc:
             raise _modality_error(FindFailed, self.name, exc) from exc
         return str(created["ID"])
+
+    # -- C-GET --------------------------------------------------------------------------------
+
+    def get(
+        self,
+        resources: FindAnswer | Mapping[str, Any] | Iterable[FindAnswer | Mapping[str, Any]],
+        *,
+        level: str | None = None,
+        timeout: int | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        """Fetch resources from the modality into the local server by C-GET, as one job
+        (``POST /modalities/{name}/get``, Orthanc 1.12.6+); one more request fetches the job.
+
+        Unlike :meth:`retrieve` (C-MOVE), the instances come back on the association the
+        server opened, so the modality needs no network route back to the server.
+
+        Args:
+            resources: answers of :meth:`find` (their identifiers are sent: the UIDs of their
+                level and of the levels above, down from the study), or mappings of
+                identifiers (``{"StudyInstanceUID": "1.2.3"}``; names and values as in
+                :meth:`find`, a list is joined with ``\\`` as for ``SOPClassesInStudy``).
+            level: the query level; by default the level of the answers (needed for
+                mappings).
+            timeout: DICOM timeout in seconds for this C-GET.
+            priority: job priority.
+
+        Raises:
+            UnsupportedByServer: the server is older than 1.12.6; nothing is sent.
+            InvalidRequest: no resources, answers from another modality, mixed levels.
+        """
+        items = [resources] if isinstance(resources, FindAnswer | Mapping) else list(resources)
+        if not items:
+            raise InvalidRequest("get() needs at least one resource")
+        levels = {item.level for item in items if isinstance(item, FindAnswer)}
+        if level is not None:
+            levels.add(level_class(level).level)
+        if len(levels) != 1:
+            raise InvalidRequest(
+                "get() needs one level: give level= with mappings, and answers of that level"
+                + (f" (got {sorted(levels)})" if levels else "")
+            )
+        chosen = levels.pop()
+        keys = [self._get_keys(chosen, item) for item in items]
+        body: dict[str, Any] = {"Level": chosen, "Resources": keys, "Synchronous": False}
+        if timeout is not None:
+            body["Timeout"] = _positive_int("timeout", timeout)
+        if priority is not None:
+            body["Priority"] = _int("priority", priority)
+        self.client.require("C-GET")
+        answer = self.client.post_json(f"{self.path}/get", body)
+        return submitted_job(self.client, answer, f"POST {self.path}/get")
+
+    def _get_keys(self, level: str, item: FindAnswer | Mapping[str, Any]) -> dict[str, str]:
+        if isinstance(item, FindAnswer):
+            if item.source_modality != self.name:
+                raise InvalidRequest(
+                    f"an answer from modality {item.source_modality!r} cannot be fetched "
+                    f"through {self.name!r}"
+                )
+            cls = level_class(level)
+            # a patient by its PatientID; below, the UIDs from the study down to the level
+            above = LEVELS[: cls.depth] if cls.depth == 1 else LEVELS[1 : cls.depth]
+            found: dict[str, str] = {}
+            for upper in above:
+                value = item.tags.get(upper.uid_keyword)
+                if isinstance(value, str) and value:
+                    found[upper.uid_keyword] = value
+            if cls.uid_keyword not in found:
+                raise InvalidRequest(
+                    f"a {level} answer without {cls.uid_keyword} cannot be fetched by C-GET"
+                )
+            return found
+        if not isinstance(item, Mapping):
+            raise InvalidRequest(f"get() takes FindAnswer objects or mappings, not {item!r}")
+        keys: dict[str, str] = {}
+        for name, value in item.items():
+            keyword = _tags.tag_keyword(name, where="get(): ")
+            keys[keyword] = _tags.to_dicom(keyword, value, purpose="match", where="get(): ")
+        if not keys:
+            raise InvalidRequest("get(): an empty mapping names no resource")
+        return keys
 
     # -- C-STORE ------------------------------------------------------------------------------
 

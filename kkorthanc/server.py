@@ -86,6 +86,12 @@ class SystemInfo(BaseModel):
         return bool(self.has_labels) or self.capabilities.has_labels
 
     @property
+    def has_extended_find(self) -> bool:
+        """Whether the index orders, filters on metadata and trims answers in find (the
+        ``HasExtendedFind`` capability, Orthanc 1.12.5+)."""
+        return self.capabilities.has_extended_find
+
+    @property
     def index(self) -> str:
         """The index database in words: ``SQLite index`` or ``PostgreSQL index``, ..."""
         plugin = self.database_backend_plugin
@@ -134,6 +140,9 @@ FEATURES: dict[str, Requirement] = {
     "ParentStudy": _EXTENDED_FIND,
     "ParentSeries": _EXTENDED_FIND,
     "ResponseContent": _EXTENDED_FIND,
+    "CountResources": Requirement(26, "1.12.5"),
+    # 1.12.6's REST API version is not in the sources read here; 27 is assumed (26 + 1)
+    "C-GET": Requirement(27, "1.12.6"),
     "numpy": Requirement(16, "1.10.0"),
 }
 
@@ -174,7 +183,13 @@ class ChangePage(BaseModel):
 BULK_CONTENT = "POST /tools/bulk-content"
 #: POST routes that change nothing on the server (everything else but GET may)
 _READ_ONLY_POSTS = frozenset(
-    {"/tools/find", "/tools/lookup", "/tools/bulk-content", "/tools/create-archive"}
+    {
+        "/tools/find",
+        "/tools/count-resources",
+        "/tools/lookup",
+        "/tools/bulk-content",
+        "/tools/create-archive",
+    }
 )
 _READ_ONLY_POST_ENDS = ("/echo", "/query")
 #: how many writes were sent to each server URL in this process (see Server.write_epoch)

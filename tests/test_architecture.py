@@ -77,6 +77,7 @@ PUBLIC = [
     "NoResultingResource",
     "NotFound",
     "NotInForest",
+    "OrderBy",
     "Orthanc",
     "OrthancConnectionError",
     "OrthancError",

@@ -8,7 +8,8 @@ versions and index backends answer differently, a :class:`Dialect` names the ser
 forest's answers follow.
 
 Modules: :mod:`.engine` (normalizations and matchers), :mod:`.compile` (names and values to
-constraints), :mod:`.remote` (the server), :mod:`.local` (a forest).
+constraints), :mod:`.remote` (the server), :mod:`.local` (a forest), :mod:`.extended` (the
+sort keys, metadata patterns, parent and response content of Orthanc 1.12.5).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from .engine import (
     normalize_identifier,
     upper_with_accents,
 )
+from .extended import RESPONSE_CONTENT, OrderBy
 from .local import ForestLike, local_find
-from .remote import server_find
+from .remote import server_count, server_find, server_find_json
 
 #: Level names from the top down: the ``level`` of each class in ``kkorthanc.models.LEVELS``.
 LEVELS: tuple[Level, ...] = tuple(cls.level for cls in _LEVEL_CLASSES)
@@ -46,6 +48,7 @@ __all__ = [
     "IDENTIFIER_TAGS",
     "LEVELS",
     "RANGE_VRS",
+    "RESPONSE_CONTENT",
     "TAG_NUMBERS",
     "WILDCARD_VRS",
     "CompiledQuery",
@@ -54,12 +57,15 @@ __all__ = [
     "ForestLike",
     "Kind",
     "LabelsConstraint",
+    "OrderBy",
     "QueryError",
     "UnknownKeyword",
     "compile_query",
     "local_find",
     "normalize_identifier",
     "queryable_tags",
+    "server_count",
     "server_find",
+    "server_find_json",
     "upper_with_accents",
 ]
