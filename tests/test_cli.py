@@ -570,6 +570,37 @@ def test_closed_port_exits_3_with_one_line(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in result.stderr
 
 
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_a_trickling_server_ends_at_the_timeout_with_one_line(tmp_path: Path, where: str) -> None:
+    def trickle(fake: FakeServer, conn: Any, request: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        fake.trickle(conn, b"a" * 100, every=0.1)  # each read comes well within any timeout
+
+    with FakeServer(trickle) as fake:
+        env = clean_env(tmp_path)
+        env["ORTHANC_URL"] = fake.url
+        flag = ["--request-timeout", "1.5"] if where == "flag" else []
+        if where == "environment":
+            env["ORTHANC_REQUEST_TIMEOUT"] = "1.5"
+        start = time.monotonic()
+        result = run(["-m", "kkorthanc.cli", "--no-progress", *flag, "stats"], env, timeout=30)
+        took = time.monotonic() - start
+    assert result.code == 3, result.stderr
+    assert took < 1.5 + 4  # the deadline, and the start of a Python process
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("kkorthanc: error: GET /system") and "1.5" in line, line
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(
+    tmp_path: Path, value: str
+) -> None:
+    argv = ["-m", "kkorthanc.cli", "--request-timeout", value, "stats"]
+    result = run(argv, clean_env(tmp_path))
+    assert result.code == 2
+    assert f"not a positive number of seconds: {value!r}" in result.stderr
+
+
 def test_console_script_is_installed_and_reports_usage(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("kkorthanc")
     assert script.exists(), "pip install -e . creates the kkorthanc console script"

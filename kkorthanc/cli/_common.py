@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import re
 import sys
@@ -160,12 +161,32 @@ def connect(args: argparse.Namespace) -> Orthanc:
             )
         password = getpass.getpass(f"password for {user} at {url}: ")
     auth = (user, password) if user is not None and password is not None else None
+    deadline = args.request_timeout
+    if deadline is None and os.environ.get("ORTHANC_REQUEST_TIMEOUT"):
+        try:
+            deadline = _seconds(os.environ["ORTHANC_REQUEST_TIMEOUT"])
+        except argparse.ArgumentTypeError as exc:
+            raise _UsageError(f"ORTHANC_REQUEST_TIMEOUT: {exc}") from None
+    options: dict[str, Any] = {}
+    if deadline is not None:  # the connect timeout stays the client's, bounded by the call's
+        options = {"deadline": deadline, "timeout": (min(5.0, deadline), deadline)}
     try:
-        client = Orthanc(url, auth=auth)
+        client = Orthanc(url, auth=auth, **options)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     connected.append(client)
     return client
+
+
+def _seconds(text: str) -> float:
+    """A ``--request-timeout`` value: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def progress_wanted(args: argparse.Namespace) -> bool:
@@ -371,6 +392,16 @@ def global_options(
         "--password",
         default=default(None),
         help=shown("password; prefer $ORTHANC_PASSWORD: a flag shows in the process list"),
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=default(None),
+        metavar="SECONDS",
+        help=shown(
+            "the longest one request may take, retries included ($ORTHANC_REQUEST_TIMEOUT; "
+            "default: the client's, 125 s)"
+        ),
     )
     group.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"
