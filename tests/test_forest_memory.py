@@ -392,3 +392,30 @@ def test_a_compact_forest_updates_making_only_the_patients_the_changes_reach(
     assert series.instances[-1].series is series
     assert forest.counts == (5, 9, 17, 59)
     assert forest.snapshot() == load_forest(client).snapshot()
+
+
+def test_a_compact_forest_stays_compact_through_a_rebuild(servers: Servers) -> None:
+    client = servers.new(sample=True, stable_age=3600)
+    forest = load_compact_forest(client)
+
+    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=3))  # a new patient
+    forest._state.last_seq += 1000  # a feed that went back: rebuilt
+    report = forest.update()
+    state: Any = forest._state
+    assert report.rebuilt and "went back" in (report.reason or "")
+    assert len(report.added.instances) == 10 and report.updated.total == 0
+    assert report.removed.total == 0
+    assert type(state).__name__ == "_CompactState" and state.held() == 0  # nothing made
+
+    # an instance joining a series: only its patient is made to compare, and reported
+    upload(client, LONGER, "P000/ST00/SE00/IM003")
+    forest._state.last_seq += 1000
+    report = forest.update()
+    state = forest._state
+    series = synthetic.uid("series", 0, 0, 0, 0)
+    assert report.rebuilt and len(report.added.instances) == 1
+    assert report.updated.series == (forest.series(series).id,)
+    tree = 1 + 2 + 2 * 2 + 2 * 2 * 3 + 1
+    assert state.held() == tree and not state.full
+    assert forest.counts == (5, 9, 17, 59)
+    assert forest.snapshot() == load_forest(client).snapshot()

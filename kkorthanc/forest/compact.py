@@ -114,6 +114,36 @@ class _CompactState(_State):
         self.uids = {cls: _CompactIndex(self, cls, cls.uid_field) for cls in LEVELS}
         self.accession = _CompactIndex(self, Study, "accession_number")
 
+    def reload(self, client: Server, depth: str, page_size: int) -> _CompactState:
+        return _load_compact(client, _check_depth(depth), page_size)
+
+    def changes_from(self, old: _State) -> dict[str, dict[type[Resource], list[str]]]:
+        """As a build's, but only the patients whose packed JSON differs from ``old``'s are
+        made to compare their fields: a rebuild of an unchanged site stays packed."""
+        if self.full:
+            return super().changes_from(old)
+        packed_before = old.packed if isinstance(old, _CompactState) and not old.full else {}
+        changes: dict[str, dict[type[Resource], list[str]]] = {
+            "added": {}, "removed": {}, "updated": {}
+        }
+        for cls in LEVELS:
+            before_ids = set(old.tables[cls])
+            order = self.order[cls]
+            changes["added"][cls] = [i for i in order if i not in before_ids]
+            changes["removed"][cls] = [i for i in before_ids if i not in order]
+            updated = changes["updated"][cls] = []
+            before = old.tables[cls]
+            for resource_id, root in order.items():
+                if resource_id not in before_ids:
+                    continue
+                data = self.packed.get(root)
+                if data is not None and packed_before.get(root) == data:
+                    continue  # listed the same, byte for byte
+                obj = self.tables[cls].get(resource_id)
+                if before[resource_id].__dict__ != obj.__dict__:
+                    updated.append(resource_id)
+        return changes
+
     # -- the build ----------------------------------------------------------------------------
 
     def fill(self, meta: dict[type[Resource], dict[str, _Meta]]) -> None:

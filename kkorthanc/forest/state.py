@@ -15,6 +15,7 @@ from ..models import LEVELS, Resource, Study
 from ..query.engine import normalize_identifier
 
 if TYPE_CHECKING:
+    from ..server import Server
     from .model import PatientForest
 
 R = TypeVar("R", bound=Resource)
@@ -144,6 +145,27 @@ class _State:
         #: the change at ``last_seq`` (see :data:`~.build.Anchor`), when the feed holds it
         self.anchor: tuple[int, str, str, str] | None = None
         self.built_at = datetime.datetime.now(datetime.timezone.utc)
+
+    def reload(self, client: Server, depth: str, page_size: int) -> _State | None:
+        """The state a rebuild swaps in, listed again from ``client`` the way this one was;
+        ``None``: as a build lists it (a compact forest stays compact)."""
+        return None
+
+    def changes_from(self, old: _State) -> dict[str, dict[type[Resource], list[str]]]:
+        """What a rebuild changed: per level, the IDs ``added``, ``removed`` and ``updated``
+        (their fields differ) from ``old`` to this state."""
+        changes: dict[str, dict[type[Resource], list[str]]] = {
+            "added": {}, "removed": {}, "updated": {}
+        }
+        for cls in LEVELS:
+            before = old.tables[cls]
+            after = self.tables[cls]
+            changes["added"][cls] = [i for i in after if i not in before]
+            changes["removed"][cls] = [i for i in before if i not in after]
+            changes["updated"][cls] = [
+                i for i, obj in after.items() if i in before and before[i].__dict__ != obj.__dict__
+            ]
+        return changes
 
     def count(self, cls: type[Resource]) -> int:
         """Resources of one level; the level just below the depth is counted from child IDs."""

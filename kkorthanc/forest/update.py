@@ -636,14 +636,12 @@ class _Updater:
     def _rebuild(self, reason: str, start: int, from_seq: int, changes: int) -> UpdateReport:
         forest = self.forest
         old = forest._state
-        fresh = _load(forest.client, forest.depth, forest.page_size)
-        for cls in LEVELS:
-            before = old.tables[cls]
-            after = fresh.tables[cls]
-            self.added[cls] = [i for i in after if i not in before]
-            self.removed[cls] = [i for i in before if i not in after]
-            self.updated[cls] = [
-                i for i, obj in after.items() if i in before and before[i].__dict__ != obj.__dict__
-            ]
+        fresh = old.reload(forest.client, forest.depth, forest.page_size) or _load(
+            forest.client, forest.depth, forest.page_size
+        )
+        diff = fresh.changes_from(old)
+        self.added.update(diff["added"])
+        self.removed.update(diff["removed"])
+        self.updated.update(diff["updated"])
         forest._swap(fresh)
         return self._report(start, from_seq, changes, rebuilt=True, reason=reason)
