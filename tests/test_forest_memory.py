@@ -419,3 +419,38 @@ def test_a_compact_forest_stays_compact_through_a_rebuild(servers: Servers) -> N
     assert state.held() == tree and not state.full
     assert forest.counts == (5, 9, 17, 59)
     assert forest.snapshot() == load_forest(client).snapshot()
+
+
+def test_a_cached_compact_forest_catches_up_after_a_write_still_compact(
+    servers: Servers, tmp_path: Any
+) -> None:
+    from kkorthanc.forest import build_patient_forest
+
+    client = servers.new(sample=True, stable_age=3600)
+    build_patient_forest.cache_clear()
+    try:
+        forest = build_patient_forest(client, compact=True)
+        state: Any = forest._state
+        assert type(state).__name__ == "_CompactState" and state.held() == 0
+        assert build_patient_forest(client, compact=True) is forest  # cached
+        assert build_patient_forest(client) is not forest  # the ordinary one is another
+
+        spec = synthetic.SyntheticSpec(1, 1, 1, 2, seed=3)
+        files = [data for _, data in synthetic.generate_bytes(spec)]
+        assert client.upload(files, progress=False).ok  # a write through the client: catch up
+        made = 5  # the new patient's models
+        if client.supports("Labels"):  # one label on one study: its patient is made too
+            client.studies()[0].add_label("kk-seen")
+            made += 1 + 2 + 2 * 2 + 2 * 2 * 3
+        before = client.request_count
+        assert build_patient_forest(client, compact=True) is forest
+        # the feed, the new resources, the counts; where labels are stored /tools/labels and
+        # an ID-only find per label and level
+        labels = 1 + 4 if client.supports("Labels") else 0
+        assert client.request_count - before == 3 + labels
+        assert forest.counts == (5, 9, 17, 50)
+        assert state.held() == made and not state.full  # the others stay packed
+        with pytest.raises(ValueError, match="cannot go with store"):
+            build_patient_forest(client, compact=True, store=tmp_path / "f.db")
+    finally:
+        build_patient_forest.cache_clear()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, overload
 from cachetools import TTLCache
 
 from .build import DEFAULT_PAGE_SIZE, _check_depth, _check_page_size
+from .compact import load_compact_forest
 from .model import PatientForest, load_forest
 from .reports import CacheInfo
 from .store import StoredForest, open_forest
@@ -53,6 +54,7 @@ class ForestCache:
         page_size: int = DEFAULT_PAGE_SIZE,
         refresh: bool = False,
         store: None = None,
+        compact: bool = False,
     ) -> PatientForest: ...
     @overload
     def __call__(
@@ -72,6 +74,7 @@ class ForestCache:
         page_size: int = DEFAULT_PAGE_SIZE,
         refresh: bool = False,
         store: str | os.PathLike[str] | None = None,
+        compact: bool = False,
     ) -> PatientForest:
         """The patient forest of a server, from the cache or built now.
 
@@ -86,6 +89,10 @@ class ForestCache:
             store: keep the forest in this local SQLite file (a :class:`StoredForest`,
                 see :func:`open_forest`): a new process reopens it in milliseconds and
                 catches up from the change feed instead of listing the server.
+            compact: keep the forest compact in memory (:func:`load_compact_forest`): about
+                a third of the memory, each patient's models made when first touched, so
+                the first full walk costs what the models cost to make (not with ``store``,
+                which keeps them in its file).
 
         Requests: none when cached and nothing was written since; those of
         :meth:`PatientForest.update` when cached but written to since; else
@@ -96,15 +103,20 @@ class ForestCache:
         nothing changed); building one costs ``GET /system`` more.
 
         Raises:
-            ValueError: an unknown depth or a bad page size.
+            ValueError: an unknown depth or a bad page size, or ``compact`` with ``store``.
             OrthancError: the server refused or could not be reached.
             ForestStoreError: the file was written by another schema version, or is not a
                 forest store.
         """
         checked = _check_depth(depth)
         size = _check_page_size(page_size)
+        if compact and store is not None:
+            raise ValueError("compact=True keeps a forest in memory: it cannot go with store")
         where = str(Path(store).resolve()) if store is not None else None
-        key = (client.url, client.username, client.credentials_fingerprint, checked, size, where)
+        key = (
+            client.url, client.username, client.credentials_fingerprint, checked, size, where,
+            bool(compact),
+        )
         if not refresh:
             cached = self._get(key, client.write_epoch)
             if cached is not None:
@@ -127,7 +139,9 @@ class ForestCache:
                         self._cache[key] = (stale[0], epoch)
                     return stale[0]
             forest: PatientForest
-            if store is None:
+            if compact:
+                forest = load_compact_forest(client, depth=checked, page_size=size)
+            elif store is None:
                 forest = load_forest(client, depth=checked, page_size=size)
             else:
                 forest = open_forest(client, store, depth=checked, page_size=size, refresh=refresh)

@@ -110,12 +110,22 @@ class _CompactState(_State):
         self.made: dict[type[Resource], dict[str, Resource]] = {cls: {} for cls in LEVELS}
         #: per patient: the children its resources of the deepest level list (below the depth)
         self.below: dict[str, int] = {}
+        #: per level: the IDs listed with labels (the packed ones a label refresh must make)
+        self.listed_with_labels: dict[type[Resource], set[str]] = {cls: set() for cls in LEVELS}
         self.tables = {cls: _CompactTable(self, cls) for cls in LEVELS}
         self.uids = {cls: _CompactIndex(self, cls, cls.uid_field) for cls in LEVELS}
         self.accession = _CompactIndex(self, Study, "accession_number")
 
     def reload(self, client: Server, depth: str, page_size: int) -> _CompactState:
         return _load_compact(client, _check_depth(depth), page_size)
+
+    def labelled(self, cls: type[Resource]) -> list[Resource]:
+        if self.full:
+            return super().labelled(cls)
+        made = self.made[cls]
+        ids = self.listed_with_labels[cls] | {i for i, o in made.items() if o.__dict__["labels"]}
+        table = self.tables[cls]
+        return [obj for i in sorted(ids) if (obj := table.get(i)) is not None]
 
     def changes_from(self, old: _State) -> dict[str, dict[type[Resource], list[str]]]:
         """As a build's, but only the patients whose packed JSON differs from ``old``'s are
@@ -180,6 +190,8 @@ class _CompactState(_State):
                     continue
                 root = found
                 order[resource_id] = root
+                if item.get("Labels"):
+                    self.listed_with_labels[cls].add(resource_id)
                 _add(keys, uid, resource_id)
                 if accession is not None:
                     _add(self.accession_keys, accession, resource_id)
@@ -242,6 +254,7 @@ class _CompactState(_State):
             self.accession_keys = {}
             self.made = {cls: {} for cls in LEVELS}
             self.below = {}
+            self.listed_with_labels = {cls: set() for cls in LEVELS}
 
     def count(self, cls: type[Resource]) -> int:
         if self.full:

@@ -151,6 +151,10 @@ class _State:
         ``None``: as a build lists it (a compact forest stays compact)."""
         return None
 
+    def labelled(self, cls: type[Resource]) -> list[Resource]:
+        """The models of ``cls`` that have labels (those a label refresh may have to clear)."""
+        return [obj for obj in self.tables[cls].values() if obj.__dict__["labels"]]
+
     def changes_from(self, old: _State) -> dict[str, dict[type[Resource], list[str]]]:
         """What a rebuild changed: per level, the IDs ``added``, ``removed`` and ``updated``
         (their fields differ) from ``old`` to this state."""

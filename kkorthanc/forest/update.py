@@ -618,7 +618,7 @@ class _Updater:
                 for resource_id in expect_names(found, "POST /tools/find"):
                     members[resource_id].add(name)
             table = self.state.tables[cls]
-            held = [obj for obj in table.values() if obj.__dict__["labels"]]
+            held = self.state.labelled(cls)
             held += [obj for i in members if (obj := table.get(i)) is not None]
             for obj in held:
                 labels = tuple(sorted(members.get(obj.id, ())))
