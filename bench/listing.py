@@ -57,8 +57,14 @@ class RawConnection:
         headers = dict(self.headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
-        self.connection.request(method, target, body=body, headers=headers)
-        response = self.connection.getresponse()
+        try:
+            self.connection.request(method, target, body=body, headers=headers)
+            response = self.connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # Orthanc closes a keep-alive connection left idle for a while: once more, anew
+            self.connection.close()
+            self.connection.request(method, target, body=body, headers=headers)
+            response = self.connection.getresponse()
         data = response.read()  # http.client never decodes a Content-Encoding
         if response.status != 200:
             raise SystemExit(f"{method} {target}: HTTP {response.status} {data[:200]!r}")
