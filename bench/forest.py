@@ -424,7 +424,9 @@ def report(client: Orthanc, sandbox: Sandbox, args: Any) -> None:
     received = ByteCounter(client)
     update_runs = []
     for seed in range(args.repeat):
-        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        # a kept folder already holds the instances of earlier runs' seeds: new ones each run
+        fresh_seed = args.seed + seed + counts["/instances"]
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=fresh_seed))
         before = received.received
         seconds, requests, added = timed(client, lambda: len(forest.update().added.instances))
         if added != 10:
@@ -474,7 +476,8 @@ def compact_report(client: Orthanc, page_size: int, compact: Result, build: Resu
     first = time.perf_counter() - start
     walk, _, _ = best(client, lambda: walk_forest(forest), repeat)
     fresh = load_compact_forest(client, page_size=page_size)
-    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=999))
+    seed = 999 + int(client._transport.get_json("/statistics")["CountInstances"])
+    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=seed))
     update_seconds, update_requests, _ = timed(client, lambda: fresh.update().added.total)
     print(f"\ncompact forest (load_compact_forest): {per:,.0f} bytes per resource (tracemalloc; "
           f"peak during the build {peak:,.0f}); build {compact.seconds:.3f} s, "
@@ -629,7 +632,8 @@ def report_store(client: Orthanc, sandbox: Sandbox, args: Any) -> None:
 
     update_runs = []
     for seed in range(args.repeat):
-        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        base = int(client._transport.get_json("/statistics")["CountInstances"])
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed + base))
         gc.collect()
         before = client.request_count
         start = time.perf_counter()
