@@ -3,10 +3,14 @@
 Starts a sandbox, loads ``synthetic.BENCH`` (200 patients x 3 studies x 4 series x 10
 instances), then measures in the same run, each several times with the best time kept:
 
+- the server floor: the same listing requests over one plain ``http.client`` connection, the
+  answers read as bytes and never decoded, once asking for identity and once for gzip (what
+  the server itself takes to produce and send everything);
 - the raw floor: the paged expanded listings of the four levels, decoded with ``json.loads``,
   no models (what any client must at least pay to see everything);
 - ``build_patient_forest``: the same listings made into linked, indexed, typed models, then a
-  walk of every level (which costs no request);
+  walk of every level (which costs no request); also with ``Accept-Encoding`` set to identity
+  and to gzip, each against the server floor of the same encoding;
 - pyorthanc's ``find()`` followed by a walk of every level reading each resource's main tags
   (one request per resource), once: about half a minute on loopback. ``--subset N`` walks N
   patients only and extrapolates per resource, marked as such;
@@ -20,10 +24,17 @@ build into a new file, the reopening of that file (in this process, and in a new
 process from start to a usable forest), ``update()`` after 10 new instances on a reopened
 forest, the file's size, and a lookup and a find on a reopened forest; each against the
 in-memory build measured in the same run. ``--instances N`` loads N instances in the same
-shape (3 studies x 4 series x 10 instances per patient) instead of 24,000.
+shape (3 studies x 4 series x 10 instances per patient) instead of 24,000; ``--folder DIR``
+keeps the server's storage there, for a later run to reuse.
 
-    python bench/forest.py [--repeat 5] [--subset N] [--page-size 4000]
+``--gc`` measures instead where the collection of a dropped forest's cyclic garbage lands
+(builds in a loop, as a program refreshing its forest would run them), and ``--profile``
+profiles one build with cProfile (the main thread: the page fetches run in a thread of
+their own, so waiting for the server shows as the wait for the next page).
+
+    python bench/forest.py [--repeat 5] [--subset N] [--page-size 4000] [--folder DIR]
     python bench/forest.py --store [--instances 240000] [--repeat 3]
+    python bench/forest.py --gc | --profile [--instances N] [--folder DIR]
 
 Exits 0.
 """
@@ -55,8 +66,21 @@ from kkorthanc.forest import (
 )
 from kkorthanc.sandbox import Sandbox
 
+sys.path.insert(0, str(Path(__file__).parent))
+from listing import RawConnection, prepared
+
 LEVEL_PATHS = ("/patients", "/studies", "/series", "/instances")
 LEVEL_CLASSES = (Patient, Study, Series, Instance)
+
+
+SERVER_FLOOR = {
+    "identity": "server floor, bytes only, identity",
+    "gzip": "server floor, bytes only, gzip",
+}
+BUILD = {
+    "identity": "kkorthanc build, identity asked",
+    "gzip": "kkorthanc build, gzip asked",
+}
 
 
 @dataclass
@@ -114,6 +138,30 @@ def raw_floor_fast_json(client: Orthanc, page_size: int) -> int:
                 break
             since += page_size
     return seen
+
+
+def level_counts(client: Orthanc) -> dict[str, int]:
+    """Resources per level, from ``GET /statistics``."""
+    stats = client._transport.get_json("/statistics")
+    return {path: int(stats[f"Count{path[1:].capitalize()}"]) for path in LEVEL_PATHS}
+
+
+def server_floor(raw: RawConnection, counts: dict[str, int], page_size: int) -> int:
+    """The requests of a build's listings, each answer read as bytes only and never decoded.
+
+    The pages are those a build asks for: every level's listing up to its first short page,
+    which the counts tell without decoding anything.
+    """
+    for path in LEVEL_PATHS:
+        for since in range(0, counts[path] + 1, page_size):
+            raw.get(f"{path}?expand&since={since}&limit={page_size}")
+    return sum(counts.values())
+
+
+def asking_for(client: Orthanc, encoding: str) -> Orthanc:
+    """``client`` made to send ``Accept-Encoding: encoding`` on its session."""
+    client._transport.session.headers["Accept-Encoding"] = encoding
+    return client
 
 
 def walk_forest(forest: PatientForest) -> int:
@@ -239,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         "--instances", type=int, default=synthetic.BENCH.total_instances,
         help="instances to load (a multiple of 120: patients of 3 x 4 x 10)",
     )
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="keep the server's storage here (reused by a later run)")
+    parser.add_argument("--gc", action="store_true",
+                        help="measure where a dropped forest's collection lands instead")
+    parser.add_argument("--profile", action="store_true", help="profile one build instead")
     args = parser.parse_args(argv)
     base = synthetic.BENCH
     per_patient = base.studies_per_patient * base.series_per_study * base.instances_per_series
@@ -248,40 +301,68 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"loading {spec.total_instances:,} instances ({spec.patients} patients x "
           f"{spec.studies_per_patient} studies x {spec.series_per_study} series x "
-          f"{spec.instances_per_series} instances) into a sandbox ...", flush=True)
-    with Sandbox(name="kk-bench-forest", stable_age=3600) as sandbox:
-        start = time.perf_counter()
-        sandbox.load_synthetic(spec, workers=4)
-        print(f"loaded in {time.perf_counter() - start:.0f} s\n", flush=True)
-        with sandbox.client() as client:
-            if args.store:
-                report_store(client, sandbox, args)
-            else:
-                report(client, sandbox.url, sandbox.auth, args)
+          f"{spec.instances_per_series} instances) in a sandbox ...", flush=True)
+    with prepared(spec, args.folder) as sandbox, sandbox.client() as client:
+        print(f"Orthanc {client._transport.get_json('/system')['Version']}\n", flush=True)
+        if args.store:
+            report_store(client, sandbox, args)
+        elif args.gc:
+            report_gc(client, args)
+        elif args.profile:
+            report_profile(client, args)
+        else:
+            report(client, sandbox, args)
     return 0
 
 
-def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
+def report(client: Orthanc, sandbox: Sandbox, args: Any) -> None:
     page_size = args.page_size
+    url, auth = sandbox.url, sandbox.auth
     resources = load_forest(client, page_size=page_size).counts.total
+    counts = level_counts(client)
+    identity_raw = RawConnection(url, auth, "identity")
+    gzip_raw = RawConnection(url, auth, "gzip")
+    identity = asking_for(sandbox.client(), "identity")
+    gzipped = asking_for(sandbox.client(), "gzip")
+    floor_bytes = {"identity": 0, "gzip": 0}
+
+    def floor_of(raw: RawConnection, name: str) -> Callable[[], int]:
+        def run() -> int:
+            before = raw.received
+            total = server_floor(raw, counts, page_size)
+            floor_bytes[name] = raw.received - before
+            return total
+        return run
 
     # the contenders take turns, so that all see the same load on the machine
-    contenders: list[tuple[str, Callable[[], int]]] = [
-        ("raw floor: paged listings + json.loads", lambda: raw_floor(client, page_size)),
-        ("kkorthanc build_patient_forest", lambda: kk_build(client, page_size)),
-        ("raw floor, decoded by from_json", lambda: raw_floor_fast_json(client, page_size)),
-        ("raw floor, next page prefetched", lambda: raw_floor(client, page_size, True)),
-        ("kkorthanc load_compact_forest", lambda: kk_compact(client, page_size)),
+    contenders: list[tuple[str, Callable[[], int], Orthanc]] = [
+        (SERVER_FLOOR["identity"], floor_of(identity_raw, "identity"), client),
+        (SERVER_FLOOR["gzip"], floor_of(gzip_raw, "gzip"), client),
+        ("raw floor: paged listings + json.loads", lambda: raw_floor(client, page_size), client),
+        ("kkorthanc build_patient_forest", lambda: kk_build(client, page_size), client),
+        (BUILD["identity"], lambda: kk_build(identity, page_size), identity),
+        (BUILD["gzip"], lambda: kk_build(gzipped, page_size), gzipped),
+        ("raw floor, decoded by from_json", lambda: raw_floor_fast_json(client, page_size),
+         client),
+        ("raw floor, next page prefetched", lambda: raw_floor(client, page_size, True), client),
+        ("kkorthanc load_compact_forest", lambda: kk_compact(client, page_size), client),
     ]
-    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name, _ in contenders}
+    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name, _, _ in contenders}
     for _ in range(args.repeat):
-        for name, run in contenders:
-            runs[name].append(timed(client, run))
+        for name, run, counted in contenders:
+            runs[name].append(timed(counted, run))
+    pages = sum(counts[path] // page_size + 1 for path in LEVEL_PATHS)
+    for name in SERVER_FLOOR.values():  # requests not sent through a client
+        runs[name] = [(seconds, pages, seen) for seconds, _, seen in runs[name]]
     results = {
         name: Result(name, min(r[0] for r in got), got[0][1], got[0][2])
         for name, got in runs.items()
     }
     medians = {name: sorted(r[0] for r in got)[len(got) // 2] for name, got in runs.items()}
+    identity_raw.close()
+    gzip_raw.close()
+    identity.close()
+    gzipped.close()
     floor = results["raw floor: paged listings + json.loads"]
     build = results["kkorthanc build_patient_forest"]
     forest = load_forest(client, page_size=page_size)
@@ -305,7 +386,7 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
 
     rows = [("contender", "requests", "resources", "best s", "median s", "x floor",
              "x kkorthanc")]
-    ordered = [results[name] for name, _ in contenders] + [built_walked, pyo]
+    ordered = [results[name] for name, _, _ in contenders] + [built_walked, pyo]
     for result in ordered:
         median = medians.get(result.name)
         rows.append((
@@ -323,12 +404,29 @@ def report(client: Orthanc, url: str, auth: tuple[str, str], args: Any) -> None:
           f"{medians[build.name] / medians[floor_name]:.3f}; against the from_json floor: best "
           f"{build.seconds / results['raw floor, decoded by from_json'].seconds:.3f}")
     print(f"pyorthanc / (build + walk): {pyo.seconds / built_walked.seconds:.1f}x slower")
+    plain, packed = floor_bytes["identity"], floor_bytes["gzip"]
+    print(f"\nagainst the server floor (bytes only, same run; {plain:,} bytes sent as identity, "
+          f"{packed:,} as gzip):")
+    for encoding in ("identity", "gzip"):
+        got, server = runs[BUILD[encoding]], runs[SERVER_FLOOR[encoding]]
+        ratio = results[BUILD[encoding]].seconds / results[SERVER_FLOOR[encoding]].seconds
+        median = medians[BUILD[encoding]] / medians[SERVER_FLOOR[encoding]]
+        print(f"  build / server floor, {encoding}: best {ratio:.3f}, median {median:.3f} "
+              f"(builds {', '.join(f'{r[0]:.3f}' for r in got)}; floors "
+              f"{', '.join(f'{r[0]:.3f}' for r in server)})")
+    best_floor = min(results[name].seconds for name in SERVER_FLOOR.values())
+    best_build = min(results[name].seconds for name in [*BUILD.values(), build.name])
+    gzip_over = results[BUILD["gzip"]].seconds / results[BUILD["identity"]].seconds
+    print(f"  best build / best server floor: {best_build / best_floor:.3f}; gzip build / "
+          f"identity build: best {gzip_over:.3f}")
 
     # update after 10 new instances, against a full build
     received = ByteCounter(client)
     update_runs = []
     for seed in range(args.repeat):
-        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        # a kept folder already holds the instances of earlier runs' seeds: new ones each run
+        fresh_seed = args.seed + seed + counts["/instances"]
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=fresh_seed))
         before = received.received
         seconds, requests, added = timed(client, lambda: len(forest.update().added.instances))
         if added != 10:
@@ -378,7 +476,8 @@ def compact_report(client: Orthanc, page_size: int, compact: Result, build: Resu
     first = time.perf_counter() - start
     walk, _, _ = best(client, lambda: walk_forest(forest), repeat)
     fresh = load_compact_forest(client, page_size=page_size)
-    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=999))
+    seed = 999 + int(client._transport.get_json("/statistics")["CountInstances"])
+    upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=seed))
     update_seconds, update_requests, _ = timed(client, lambda: fresh.update().added.total)
     print(f"\ncompact forest (load_compact_forest): {per:,.0f} bytes per resource (tracemalloc; "
           f"peak during the build {peak:,.0f}); build {compact.seconds:.3f} s, "
@@ -387,6 +486,114 @@ def compact_report(client: Orthanc, page_size: int, compact: Result, build: Resu
           f"{first:.3f} s; then a walk takes {walk * 1000:.1f} ms (load_forest's: "
           f"{walk_seconds * 1000:.1f} ms); a first update after 10 new instances (on a forest "
           f"with no model made): {update_seconds:.4f} s, {update_requests} requests")
+
+
+class GcClock:
+    """The time the cyclic collector spends, by generation (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.spent = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.spent[info["generation"]] += time.perf_counter() - self._started
+            self.runs[info["generation"]] += 1
+
+
+def report_gc(client: Orthanc, args: Any) -> None:
+    """Builds in a loop, as a program refreshing its forest runs them: where does the full
+    collection of the forest it drops land, and what does it cost?"""
+    page_size, repeat = args.page_size, args.repeat
+    clock = GcClock()
+    gc.callbacks.append(clock)
+    forest: PatientForest | None = None
+
+    scenarios: list[tuple[str, str]] = [
+        ("rebind", "forest = load_forest(...) in a loop (old forest dropped when rebound)"),
+        ("drop", "forest = None, then load_forest(...)"),
+        ("collect", "forest = None; gc.collect() (untimed), then load_forest(...)"),
+    ]
+    rows = [("loop", "best s", "median s", "full collections in builds", "their s",
+             "young s in builds", "full s between")]
+    for key, label in scenarios:
+        forest = load_forest(client, page_size=page_size)
+        gc.collect()
+        builds: list[float] = []
+        inside = [0.0, 0.0, 0.0]
+        full_runs = 0
+        between = 0.0
+        for _ in range(repeat + 1):
+            if key == "drop":
+                forest = None
+            elif key == "collect":
+                forest = None
+                gc.collect()
+            before_spent, before_runs = list(clock.spent), list(clock.runs)
+            start = time.perf_counter()
+            forest = load_forest(client, page_size=page_size)
+            builds.append(time.perf_counter() - start)
+            spent = [a - b for a, b in zip(clock.spent, before_spent, strict=True)]
+            full_runs += clock.runs[2] - before_runs[2]
+            inside = [a + b for a, b in zip(inside, spent, strict=True)]
+            # what the program does next: a little work that allocates
+            before_full = clock.spent[2]
+            walk_forest(forest)
+            between += clock.spent[2] - before_full
+        timed_builds = builds[1:]  # the first build of each loop only sets it up
+        rows.append((label, f"{min(timed_builds):.3f}", f"{sorted(timed_builds)[repeat // 2]:.3f}",
+                     f"{full_runs}", f"{inside[2]:.3f}", f"{inside[0] + inside[1]:.3f}",
+                     f"{between:.3f}"))
+    gc.callbacks.remove(clock)
+    print(f"Builds in a loop, {repeat + 1} per loop (the first not counted), page size "
+          f"{page_size}; collector time measured through gc.callbacks:\n")
+    print(table(rows))
+
+    forest = load_forest(client, page_size=page_size)
+    gc.collect()
+    live = min(timed_collect() for _ in range(3))
+    dropped = []
+    for _ in range(3):
+        extra = load_forest(client, page_size=page_size)
+        gc.collect()
+        del extra
+        dropped.append(timed_collect())
+    print(f"\ngc.collect() with one live forest of {forest.counts.total:,} resources: "
+          f"{live:.3f} s; with one more dropped (its garbage freed): {min(dropped):.3f} s; "
+          f"tracked objects: {len(gc.get_objects()):,}")
+
+
+def timed_collect() -> float:
+    start = time.perf_counter()
+    gc.collect()
+    return time.perf_counter() - start
+
+
+def report_profile(client: Orthanc, args: Any) -> None:
+    """cProfile of one build (after one unprofiled): the main thread's functions."""
+    import cProfile
+    import io
+    import pstats
+
+    load_forest(client, page_size=args.page_size)
+    gc.collect()
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    forest = load_forest(client, page_size=args.page_size)
+    profiler.disable()
+    wall = time.perf_counter() - start
+    print(f"one build of {forest.counts.total:,} resources under cProfile: {wall:.3f} s\n")
+    for order in ("cumulative", "tottime"):
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.strip_dirs().sort_stats(order).print_stats(18)
+        print(f"--- by {order} ---")
+        print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
+        print()
 
 
 REOPEN_IN_A_NEW_PROCESS = """
@@ -425,7 +632,8 @@ def report_store(client: Orthanc, sandbox: Sandbox, args: Any) -> None:
 
     update_runs = []
     for seed in range(args.repeat):
-        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed))
+        base = int(client._transport.get_json("/statistics")["CountInstances"])
+        upload(client, synthetic.SyntheticSpec(1, 1, 1, 10, seed=args.seed + seed + base))
         gc.collect()
         before = client.request_count
         start = time.perf_counter()

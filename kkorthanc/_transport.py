@@ -186,6 +186,10 @@ class Transport:
             memory, 256 MiB by default; a larger one raises :class:`OrthancConnectionError`
             as soon as the limit is passed, without reading the rest. Downloads streamed to
             a sink have no size limit.
+        compress: ask the server for gzip (``Accept-Encoding: gzip, deflate``) instead of
+            identity. Off by default: over loopback or a fast network, decompressing costs
+            the client more than the smaller answers save (see ``docs/forest.md``, "Build
+            cost"); worth it over a slow link to a server with ``HttpCompressionEnabled``.
 
     Raises:
         InvalidRequest: a credential cannot be sent (a control character, ``:`` in the user
@@ -205,6 +209,7 @@ class Transport:
         pool_size: int = 16,
         deadline: float | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        compress: bool = False,
     ) -> None:
         clean, url_auth = split_credentials(base_url)
         parts = urlsplit(clean)
@@ -226,6 +231,8 @@ class Transport:
         self.session = requests.Session()
         self.session.verify = verify
         self.session.trust_env = False
+        self.compress = bool(compress)
+        self.session.headers["Accept-Encoding"] = "gzip, deflate" if compress else "identity"
         adapter = _Adapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -68,6 +68,8 @@ class Orthanc(Server):
         deadline: seconds for a whole call, retries included (default: the timeouts
             together, at least 30 s); see :class:`~kkorthanc.server.Server`.
         max_answer_bytes: the largest answer read into memory (default 256 MiB).
+        compress: ask for gzip answers instead of identity, for a slow link (off by
+            default: on a fast one decoding costs more than it saves).
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -83,6 +85,7 @@ class Orthanc(Server):
         verify: bool | str = True,
         deadline: float | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        compress: bool = False,
     ) -> None:
         if url is None:
             url = os.environ.get("ORTHANC_URL") or "http://localhost:8042"
@@ -100,6 +103,7 @@ class Orthanc(Server):
             verify=verify,
             deadline=deadline,
             max_answer_bytes=max_answer_bytes,
+            compress=compress,
         )
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -212,6 +212,9 @@ class Server:
             byte and each stall instead.
         max_answer_bytes: the largest answer (decoded) read into memory; a larger one is
             refused with :class:`~kkorthanc.errors.OrthancConnectionError`.
+        compress: ask for gzip answers (``Accept-Encoding: gzip, deflate``) instead of
+            identity: for a slow link; off by default, as decoding costs more than it saves
+            on a fast one.
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class Server:
         verify: bool | str = True,
         deadline: float | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        compress: bool = False,
     ) -> None:
         self._transport = Transport(
             url,
@@ -235,6 +239,7 @@ class Server:
             verify=verify,
             deadline=deadline,
             max_answer_bytes=max_answer_bytes,
+            compress=compress,
         )
         self._system: SystemInfo | None = None
         self._system_lock = threading.Lock()
