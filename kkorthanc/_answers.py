@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ._limits import kind_of
-from .errors import OrthancError, ValidationFailed
+from .errors import InvalidRequest, OrthancError, ValidationFailed
 
 #: what reading a wrongly shaped answer can raise in the code that reads it
 _SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ValueError, ValidationError)
@@ -25,8 +25,10 @@ class reading:  # lower case: it reads as a function, ``with reading("GET /x"):`
 
     An answer of the wrong shape (a list for an object, a number for a name, a field
     missing) fails wherever the reading code first trips over it; whatever it trips with,
-    the caller gets one kkorthanc error that says which answer was wrong. Other kkorthanc
-    errors (a later request's own failure) pass unchanged. A loop over several answers
+    the caller gets one kkorthanc error that says which answer was wrong. An
+    :class:`~kkorthanc.errors.InvalidRequest` here is a value of the answer that cannot go
+    into a later request (an ID that would change a path): the answer's fault too. Other
+    kkorthanc errors (a later request's own failure) pass unchanged. A loop over several answers
     sets :attr:`request` as it goes (``with reading() as answer: ... answer.request = ...``).
     """
 
@@ -44,6 +46,8 @@ class reading:  # lower case: it reads as a function, ``with reading("GET /x"):`
         if isinstance(exc, ValidationFailed):
             if exc.request is None:
                 raise ValidationFailed(str(exc), request=self.request) from (exc.__cause__ or exc)
+        elif isinstance(exc, InvalidRequest):
+            raise ValidationFailed(f"unusable answer ({exc})", request=self.request) from exc
         elif isinstance(exc, _SHAPE_ERRORS) and not isinstance(exc, OrthancError):
             why = f"unexpected answer ({shown_error(exc)})"
             raise ValidationFailed(why, request=self.request) from exc

@@ -39,6 +39,7 @@ from .server import (
     Timeout,
     checked_statistics,
     chunks,
+    path_segment,
 )
 from .transfer import DEFAULT_LAYOUT, DEFAULT_MAX_CONSECUTIVE_FAILURES
 from .transfer.progress import ProgressOption
@@ -207,11 +208,11 @@ class Orthanc(Server):
         reply = self.post_bytes(
             "/tools/lookup", value.encode("utf-8"), repeatable=True
         )
+        matches: list[tuple[type[Resource], str]] = []
         with reading("POST /tools/lookup"):
-            matches = [
-                (level_class(expect_object(match, "a match")["Type"]), match["ID"])
-                for match in expect_list(reply.json() or [], "the matches")
-            ]
+            for match in expect_list(reply.json() or [], "the matches"):
+                cls = level_class(expect_object(match, "a match")["Type"])
+                matches.append((cls, path_segment(match["ID"], f"{cls.level.lower()} ID")))
         return [self._get_resource(cls, id) for cls, id in matches]
 
     def _get_resource(self, cls: type[R], id: str) -> R:

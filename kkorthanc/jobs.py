@@ -285,7 +285,9 @@ def submitted_job(client: Server, answer: Any, request: str) -> Job:
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         shown = repr(answer)[:200]
         raise ValidationFailed(f"the server did not answer with a job: {shown}", request=request)
-    return _read_job(client, f"/jobs/{path_segment(answer['ID'], 'job ID')}", client)
+    with reading(request):
+        path = f"/jobs/{path_segment(answer['ID'], 'job ID')}"
+    return _read_job(client, path, client)
 
 
 # -- delete, anonymize, modify -------------------------------------------------------------------
@@ -453,6 +455,8 @@ def _transform(
     if not isinstance(answer, dict) or not isinstance(answer.get("ID"), str):
         shown = repr(answer)[:200]
         raise ValidationFailed(f"no new resource in the answer {shown}", request=f"POST {path}")
+    with reading(f"POST {path}"):
+        path_segment(answer["ID"], f"{resource.level.lower()} ID")
     if answer["ID"] == resource.id:
         # Modified in place: the files changed, but the server's index may still hold the
         # old main tags (Orthanc 1.10 does) until it re-reads them.

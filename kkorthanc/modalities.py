@@ -183,7 +183,8 @@ class Modality(ServerObject):
             raise ValidationFailed(
                 f"no query in the answer {shown}", request=f"POST {self.path}/query"
             )
-        query_id = path_segment(created["ID"], "query ID")
+        with reading(f"POST {self.path}/query"):
+            query_id = path_segment(created["ID"], "query ID")
         path = f"/queries/{query_id}/answers"
         answers = transport.get_json(path, {"expand": "", "simplify": ""})
         with reading(f"GET {path}?expand&simplify"):

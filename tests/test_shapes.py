@@ -288,23 +288,27 @@ class Fake:
 
 
 def wrong_shapes(value: Any) -> list[Any]:
-    """Answers of the wrong shape for an answer like ``value``."""
-    out: list[Any] = [v for v in ([], {}, "text", 7, None, True) if type(v) is not type(value)]
+    """Answers of the wrong shape for an answer like ``value``: other JSON kinds, then
+    :func:`wrong_insides`."""
+    kinds = [v for v in ([], {}, "text", 7, None, True) if type(v) is not type(value)]
+    return kinds + wrong_insides(value)
+
+
+def wrong_insides(value: Any) -> list[Any]:
+    """``value`` of the right kind with something inside of the wrong kind: each field of an
+    object given another kind (and, for a field holding an object or list, each wrong inside
+    of it), a list's items replaced by items of other kinds, its first object item likewise."""
     other = {str: 7, int: "x", float: "x", bool: "x", list: {"a": 1}, dict: [1], type(None): [1]}
+    out: list[Any] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            changed = dict(value)
-            changed[key] = other[type(item)]
-            out.append(changed)
+            out.append({**value, key: other[type(item)]})
             if isinstance(item, (dict, list)) and item:
-                for inner in wrong_shapes(item)[6:]:
-                    deeper = dict(value)
-                    deeper[key] = inner
-                    out.append(deeper)
+                out += [{**value, key: inner} for inner in wrong_insides(item)]
     elif isinstance(value, list) and value:
         out += [[7], ["x"], [[]], [None]]
         if isinstance(value[0], dict):
-            out += [[changed] for changed in wrong_shapes(value[0])[6:]]
+            out += [[changed] for changed in wrong_insides(value[0])]
     return out
 
 
