@@ -301,7 +301,8 @@ class Server:
                 if self._system is None:
                     answer = self.get_json("/system")
                     with reading("GET /system"):
-                        self._system = SystemInfo.model_validate(expect_object(answer, "/system"))
+                        system = expect_object(answer, "the system")
+                        self._system = SystemInfo.model_validate(system)
         return self._system
 
     def supports(self, feature: str) -> bool:
