@@ -465,9 +465,14 @@ class Server:
 
     def last_change(self) -> int:
         """The newest sequence number of the change feed (``GET /changes?last``), one request."""
+        return self.feed_end().last
+
+    def feed_end(self) -> ChangePage:
+        """The end of the change feed (``GET /changes?last``), one request: ``last`` is the
+        newest sequence number, ``changes`` holds its change when the feed still has it."""
         answer = self.get_json("/changes", {"last": ""})
         with reading("GET /changes?last"):
-            return ChangePage.model_validate(expect_object(answer, "the change feed")).last
+            return ChangePage.model_validate(expect_object(answer, "the change feed"))
 
     def changes(self, since: int = 0, limit: int = 1000) -> ChangePage:
         """One page of the change feed: the changes after sequence number ``since``.

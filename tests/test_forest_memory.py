@@ -21,6 +21,7 @@ import pytest
 import kkorthanc.query as kq
 from kkorthanc import Instance, Patient, Resource, Series, Study, orthanc_id, synthetic
 from kkorthanc.forest import PatientForest, load_compact_forest, load_forest
+from kkorthanc.server import Server
 
 from .conftest import Servers
 from .test_forest import LONGER, upload
@@ -39,6 +40,8 @@ class ListingClient:
         assert (path, params) == ("/changes", {"last": ""}), path  # the feed position only
         self.request_count += 1
         return {"Changes": [], "Done": True, "Last": 7}
+
+    feed_end = Server.feed_end  # read from get_json above, as the server reads its answer
 
     def iter_listings(
         self, paths: Sequence[str], *, page_size: int = 1000, prefetch: bool = False, **_: Any

@@ -11,9 +11,9 @@ import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from .._answers import expect_object, reading
+from .._answers import reading
 from ..models import LEVELS, Resource, Study, level_class
-from ..server import Change, ChangePage
+from ..server import Change
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos, _Unsupported
 from .state import _private, _State
 
@@ -38,10 +38,8 @@ def _anchor_of(change: Change) -> Anchor:
 
 def _feed_position(client: Server) -> tuple[int, Anchor | None]:
     """The newest sequence number of the change feed and its change (``GET /changes?last``,
-    the request of :meth:`Server.last_change`)."""
-    answer = client.get_json("/changes", {"last": ""})
-    with reading("GET /changes?last"):
-        page = ChangePage.model_validate(expect_object(answer, "the change feed"))
+    :meth:`Server.feed_end`)."""
+    page = client.feed_end()
     last = page.last
     found = [c for c in page.changes if c.seq == last]
     return last, _anchor_of(found[0]) if found else None
