@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -51,6 +50,7 @@ from ._limits import (
     too_large,
     watching,
 )
+from ._paging import Step, next_step, read_ahead
 from .errors import InvalidRequest, OrthancConnectionError
 
 Timeout = float | tuple[float, float]
@@ -570,56 +570,41 @@ class Transport:
         page_size: int = 1000,
         params: Params | None = None,
         prefetch: bool = False,
+        named_by: Sequence[str] | None = None,
     ) -> Iterator[tuple[str, list[Any]]]:
         """Page through expanded listings one after another: ``(path, page)`` pairs.
 
         ``GET path?expand&since=N&limit=page_size``: one request per page, a listing ending
-        at its first short page. With ``prefetch`` the next page (of the same listing, or the
-        first of the next one) is requested while the caller works on the current one, so
-        the caller's processing overlaps the server's. The pages, the requests and their order
-        are the same either way.
+        at its first short page. With ``prefetch`` a thread sends the requests and reads the
+        answers ahead of the caller, who decodes them and works on them meanwhile (see
+        :mod:`kkorthanc._paging`); ``named_by[i]`` is the key under which the items of
+        listing ``i`` name the resources of listing ``i + 1`` (``"Studies"`` for
+        ``/patients`` before ``/studies``), which lets the thread ask for the next page
+        without waiting for the current one to be decoded. The pages, the requests and their
+        order are the same either way, unless the server changes meanwhile.
         """
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
         base: dict[str, Any] = {"expand": "", **(params or {})}
 
-        def after(position: int, since: int, page: list[Any]) -> tuple[int, int] | None:
-            if len(page) == page_size:
-                return position, since + page_size
-            return (position + 1, 0) if position + 1 < len(paths) else None
+        def fetch(path: str, since: int) -> Reply:
+            return self._listing_answer(path, since, page_size, base)
 
-        def fetch(step: tuple[int, int]) -> list[Any]:
-            return self._listing_page(paths[step[0]], step[1], page_size, base)
-
-        step: tuple[int, int] | None = (0, 0) if paths else None
-        if not prefetch:
-            while step is not None:
-                page = fetch(step)
-                yield paths[step[0]], page
-                step = after(*step, page)
+        if prefetch:
+            yield from read_ahead(paths, page_size, fetch, _listing_page, named_by)
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="kkorthanc-page") as pool:
-            pending = pool.submit(fetch, step) if step is not None else None
-            while pending is not None and step is not None:
-                page = pending.result()
-                current, step = step, after(*step, page)
-                pending = pool.submit(fetch, step) if step is not None else None
-                yield paths[current[0]], page
+        step: Step | None = (0, 0) if paths else None
+        while step is not None:
+            path = paths[step[0]]
+            page = _listing_page(path, fetch(path, step[1]))
+            yield path, page
+            step = next_step(step, len(page), page_size, len(paths))
 
-    def _listing_page(
+    def _listing_answer(
         self, path: str, since: int, limit: int, params: Mapping[str, Any]
-    ) -> list[Any]:
-        """One page of an expanded listing.
-
-        Decoded by pydantic's JSON parser: faster than :func:`json.loads`, and equal strings
-        (tag values, parent IDs) come out as one shared object, which halves a page's memory.
-        """
-        response = self.request("GET", path, params={**params, "since": since, "limit": limit})
-        kind = response.headers.get("Content-Type")
-        page = decode_json(response.content, "GET", path, pydantic_core.from_json, kind)
-        if not isinstance(page, list):
-            raise OrthancConnectionError(f"GET {path}: expected a JSON list, got {kind_of(page)}")
-        return page
+    ) -> Reply:
+        """One page of an expanded listing, as the server sent it (not yet decoded)."""
+        return self.request("GET", path, params={**params, "since": since, "limit": limit})
 
     def pause_before_retry(self, attempt: int, retry_after: str | None = None) -> None:
         """Wait before sending attempt ``attempt`` (1 for the first retry) again: the
@@ -631,6 +616,19 @@ class Transport:
         if retry_after and retry_after.isdigit():
             delay = max(delay, min(float(retry_after), 10.0))
         return min(delay, 10.0)
+
+
+def _listing_page(path: str, reply: Reply) -> list[Any]:
+    """One page of an expanded listing, decoded.
+
+    Decoded by pydantic's JSON parser: faster than :func:`json.loads`, and equal strings
+    (tag values, parent IDs) come out as one shared object, which halves a page's memory.
+    """
+    kind = reply.headers.get("Content-Type")
+    page = decode_json(reply.content, "GET", path, pydantic_core.from_json, kind)
+    if not isinstance(page, list):
+        raise OrthancConnectionError(f"GET {path}: expected a JSON list, got {kind_of(page)}")
+    return page
 
 
 class BinaryChannel:

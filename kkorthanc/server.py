@@ -446,14 +446,17 @@ class Server:
         page_size: int = 1000,
         params: Params | None = None,
         prefetch: bool = False,
+        named_by: Sequence[str] | None = None,
     ) -> Iterator[tuple[str, list[Any]]]:
         """The raw JSON pages of expanded listings, one listing after another.
 
         ``GET path?expand&since=N&limit=page_size``: one request per page. With
-        ``prefetch`` the next page is on its way while the caller reads the current one.
+        ``prefetch`` the requests are sent ahead of the caller, who decodes and reads the
+        pages meanwhile; ``named_by`` lets them be sent without waiting for the decoding
+        (see :meth:`kkorthanc._transport.Transport.iter_listings`).
         """
         return self._transport.iter_listings(
-            paths, page_size=page_size, params=params, prefetch=prefetch
+            paths, page_size=page_size, params=params, prefetch=prefetch, named_by=named_by
         )
 
     def iter_pages(

@@ -26,7 +26,7 @@ PACKAGE = Path(kkorthanc.__file__).resolve().parent
 #: covers a module and, for a subpackage, everything in it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "tags", "synthetic"),
-    ("values", "_transport", "_limits", "_answers"),
+    ("values", "_transport", "_limits", "_answers", "_paging"),
     ("server",),
     ("_base", "metadata"),
     ("models",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from kkorthanc import Instance, Orthanc, Patient, Series, Study, ValidationFailed, synthetic
 from kkorthanc import forest as forest_module
-from kkorthanc._transport import Transport
+from kkorthanc._transport import Reply, Transport
 from kkorthanc.forest import (
     AmbiguousIdentifier,
     Change,
@@ -464,18 +465,20 @@ def test_a_feed_that_went_back_means_a_new_database(client: Orthanc) -> None:
 def test_a_resource_skipped_by_paging_is_found_by_the_next_update(
     client: Orthanc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fetch = Transport._listing_page
+    real_fetch = Transport._listing_answer
     skipped: list[str] = []
 
     def fetch_skipping_one(
         self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
-    ) -> list[Any]:
-        page = real_fetch(self, path, since, limit, params)
+    ) -> Reply:
+        reply = real_fetch(self, path, since, limit, params)
         if path == "/instances" and not skipped:  # as when a deletion shifts the later pages
+            page = json.loads(reply.content)
             skipped.append(page.pop(5)["ID"])
-        return page
+            return reply._replace(content=json.dumps(page).encode())
+        return reply
 
-    monkeypatch.setattr(Transport, "_listing_page", fetch_skipping_one)
+    monkeypatch.setattr(Transport, "_listing_answer", fetch_skipping_one)
     forest = load_forest(client)
     monkeypatch.undo()
     assert forest.counts.instances == 47 and forest.get(skipped[0]) is None
@@ -574,19 +577,20 @@ def test_upload_between_two_listings_is_left_out_then_added(
     servers: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = servers.new(sample=True, stable_age=3600)
-    real_fetch = Transport._listing_page
+    real_fetch = Transport._listing_answer
     uploaded: list[str] = []
 
     def fetch_then_upload(
         self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
-    ) -> list[Any]:
-        page = real_fetch(self, path, since, limit, params)
-        if path == "/series" and len(page) < limit and not uploaded:  # the series listing is done
+    ) -> Reply:
+        reply = real_fetch(self, path, since, limit, params)
+        listed = len(json.loads(reply.content))
+        if path == "/series" and listed < limit and not uploaded:  # the series listing is done
             uploaded.extend(upload(client, synthetic.SyntheticSpec(1, 1, 1, 2, seed=5)))
             upload(client, LONGER, "P000/ST00/SE00/IM003")
-        return page
+        return reply
 
-    monkeypatch.setattr(Transport, "_listing_page", fetch_then_upload)
+    monkeypatch.setattr(Transport, "_listing_answer", fetch_then_upload)
     forest = load_forest(client)
     monkeypatch.undo()
 
@@ -606,19 +610,19 @@ def test_deletion_between_two_listings_trims_the_parent(
     servers: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = servers.new(sample=True, stable_age=3600)
-    real_fetch = Transport._listing_page
+    real_fetch = Transport._listing_answer
     deleted: list[str] = []
 
     def fetch_then_delete(
         self: Transport, path: str, since: int, limit: int, params: Mapping[str, Any]
-    ) -> list[Any]:
-        page = real_fetch(self, path, since, limit, params)
+    ) -> Reply:
+        reply = real_fetch(self, path, since, limit, params)
         if path == "/series" and not deleted:
-            deleted.append(page[0]["Instances"][0])
+            deleted.append(json.loads(reply.content)[0]["Instances"][0])
             client._transport.delete(f"/instances/{deleted[0]}")
-        return page
+        return reply
 
-    monkeypatch.setattr(Transport, "_listing_page", fetch_then_delete)
+    monkeypatch.setattr(Transport, "_listing_answer", fetch_then_delete)
     forest = load_forest(client)
     monkeypatch.undo()
     assert forest.counts.instances == 47

@@ -30,7 +30,7 @@ from ._file import (
     make_dictionary,
     pos_range,
 )
-from .build import _feed_position
+from .build import _feed_position, _listings
 from .reports import UpdateReport
 from .state import _Index, _private, _State, _TableOfModels
 from .update import _Updater
@@ -79,11 +79,8 @@ def fill(
     counters = {cls: pos_range(cls)[0] for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE, reading() as answer:
-        by_path = {f"/{cls.collection}": cls for cls in levels}
-        listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
-        for path, page in listings:
-            answer.request = f"GET {path}"
-            cls = by_path[path]
+        for cls, page in _listings(client, levels, page_size):
+            answer.request = f"GET /{cls.collection}"
             codec = file.codecs.get(cls.depth)
             if codec is None:
                 codec = file.codecs[cls.depth] = Codec(cls, make_dictionary(cls, page))

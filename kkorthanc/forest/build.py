@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import typing
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._answers import reading
 from ..models import LEVELS, Resource, Study, level_class
@@ -43,6 +43,23 @@ def _feed_position(client: Server) -> tuple[int, Anchor | None]:
     last = page.last
     found = [c for c in page.changes if c.seq == last]
     return last, _anchor_of(found[0]) if found else None
+
+
+def _listings(
+    client: Server, levels: Sequence[type[Resource]], page_size: int
+) -> Iterator[tuple[type[Resource], list[Any]]]:
+    """Each level's expanded listing in turn, page by page, read ahead of the caller (see
+    :mod:`kkorthanc._paging`): a level's child-ID lists tell how long the next level is."""
+    by_path = {f"/{cls.collection}": cls for cls in levels}
+    named_by = []
+    for cls in levels[:-1]:
+        assert cls.child_ids_field is not None
+        named_by.append(cls.model_fields[cls.child_ids_field].alias or cls.child_ids_field)
+    pages = client.iter_listings(
+        list(by_path), page_size=page_size, prefetch=True, named_by=named_by
+    )
+    for path, page in pages:
+        yield by_path[path], page
 
 
 def _link_level(
@@ -87,10 +104,8 @@ def _load(client: Server, depth: Depth, page_size: int) -> _State:
     groups: dict[type[Resource], dict[str, list[Resource]]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE:
-        by_path = {f"/{cls.collection}": cls for cls in levels}
-        listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
-        for path, page in listings:
-            cls = by_path[path]
+        for cls, page in _listings(client, levels, page_size):
+            path = f"/{cls.collection}"
             make = _FACTORIES[cls]
             build = make.build or make
             table = state.tables[cls]

@@ -24,7 +24,14 @@ import pydantic_core
 from .._answers import reading
 from ..models import LEVELS, Resource, Study, level_class
 from ._factory import _FACTORIES, _GC_PAUSE, _new_memos
-from .build import DEFAULT_PAGE_SIZE, Depth, _check_depth, _check_page_size, _feed_position
+from .build import (
+    DEFAULT_PAGE_SIZE,
+    Depth,
+    _check_depth,
+    _check_page_size,
+    _feed_position,
+    _listings,
+)
 from .model import PatientForest
 from .state import _Index, _key, _private, _State, _TableOfModels
 
@@ -61,11 +68,8 @@ def _load_compact(client: Server, depth: Depth, page_size: int) -> _CompactState
     meta: dict[type[Resource], dict[str, _Meta]] = {cls: {} for cls in levels}
     memos = _new_memos()
     with _GC_PAUSE, reading() as answer:
-        by_path = {f"/{cls.collection}": cls for cls in levels}
-        listings = client.iter_listings(list(by_path), page_size=page_size, prefetch=True)
-        for path, page in listings:
-            answer.request = f"GET {path}"
-            cls = by_path[path]
+        for cls, page in _listings(client, levels, page_size):
+            answer.request = f"GET /{cls.collection}"
             make = _FACTORIES[cls]
             uid_field = cls.uid_field
             is_study = cls is Study
