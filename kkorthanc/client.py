@@ -47,7 +47,7 @@ from .transfer.progress import ProgressOption
 if TYPE_CHECKING:
     from .jobs import Job
     from .modalities import Modality
-    from .query.remote import Parent, SortKeys
+    from .query.extended import Parent, SortKeys
     from .transfer import ExportReport, UploadReport
 
 R = TypeVar("R", bound=Resource)

@@ -17,7 +17,7 @@ from ..models import Resource, Study, level_class
 from ..server import BULK_CONTENT
 from ..tags import TAG_NUMBERS, tag_keyword
 from .compile import COMPUTED_TAGS, CompiledQuery, compile_query, labels_filter
-from .extended import ExtendedFields, OrderBy, extended_fields, response_content
+from .extended import ExtendedFields, Parent, SortKeys, extended_fields, response_content
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["server_count", "server_find", "server_find_json"]
 
 R = TypeVar("R", bound=Resource)
-#: what ``order_by`` takes: one sort key or several, each an :class:`OrderBy` or a tag name
-SortKeys = OrderBy | str | Iterable[OrderBy | str]
-#: what ``parent`` takes: a model, or ``(level, Orthanc ID)``
-Parent = Resource | tuple[str, str]
 
 
 def server_find(
