@@ -38,6 +38,7 @@ from kkorthanc.query import (
     TAG_NUMBERS,
     WILDCARD_VRS,
     Dialect,
+    FindRequest,
     QueryError,
     UnknownKeyword,
     compile_query,
@@ -514,12 +515,14 @@ def test_find_pages_with_since_and_limit(
     )
     assert len(everything) == 48
     start = count_requests()
-    paged = server_find(client, "instance", PatientName="*", page_size=10)
+    paged = server_find(client, FindRequest.of("instance", PatientName="*", page_size=10))
     assert count_requests() - start == 5  # 10 + 10 + 10 + 10 + 8
     assert ids(paged) == sorted(everything)
     assert all(isinstance(r, Instance) for r in paged)
     start = count_requests()
-    first = server_find(client, "instance", PatientName="*", limit=15, page_size=10)
+    first = server_find(
+        client, FindRequest.of("instance", PatientName="*", limit=15, page_size=10)
+    )
     assert count_requests() - start == 2  # Limit 10, then Limit 5
     assert ids(first) == sorted(everything[:15])
     start = count_requests()
@@ -591,12 +594,14 @@ def test_modalities_in_study_on_server_and_forest(client: Orthanc) -> None:
             sid for sid, mods in modalities.items() if {m.upper() for m in mods if m} & {
                 i.upper() for i in items}
         )  # fmt: skip
-        paged = server_find(client, "study", ModalitiesInStudy=wanted, page_size=2)
+        paged = server_find(
+            client, FindRequest.of("study", ModalitiesInStudy=wanted, page_size=2)
+        )
         assert ids(paged) == expected, wanted
         assert ids(local_find(forest, "study", ModalitiesInStudy=wanted)) == expected, wanted
         assert all(isinstance(study, Study) for study in paged)
     with_ct = {sid for sid, mods in modalities.items() if "CT" in mods}
-    two = server_find(client, "study", ModalitiesInStudy="CT", limit=2)
+    two = server_find(client, FindRequest.of("study", ModalitiesInStudy="CT", limit=2))
     assert len(two) == 2 and set(ids(two)) < with_ct
     # what the server itself does with Since and Limit here: 1.10 reads Limit as an end
     body = {"Level": "Study", "Query": {"0008,0061": "CT"}, "Since": 2, "Limit": 3}
