@@ -286,6 +286,56 @@ def test_local_find_applies_labels_and_refuses_requested_tags() -> None:
         local_find(forest, "patient", requested_tags=["PatientWeight"])
 
 
+def test_a_find_request_holds_the_checked_arguments_and_the_fields_they_become() -> None:
+    request = FindRequest.of(
+        Study,
+        {"patient_name": "DOE*"},
+        limit=5,
+        labels=["b", "a", "b"],
+        labels_constraint="any",
+        requested_tags=["study_description"],
+        order_by="StudyDate",
+        page_size=10,
+        StudyDate="20240101",
+    )
+    assert (request.level, request.limit, request.page_size) == ("Study", 5, 10)
+    assert request.labels == ("a", "b") and request.labels_constraint == "Any"
+    assert request.requested_tags == ("StudyDescription",)
+    # each field is gated by the feature of its name, required in the order of the fields
+    assert request.features == ("Labels", "LabelsConstraint", "RequestedTags", "OrderBy")
+    body = request.body(Expand=True)
+    assert body == {
+        "Level": "Study",
+        "Query": {"0008,0020": "20240101", "0010,0010": "DOE*"},
+        "Expand": True,
+        "CaseSensitive": False,
+        "Labels": ["a", "b"],
+        "LabelsConstraint": "Any",
+        "RequestedTags": ["StudyDescription"],
+        "OrderBy": [{"Type": "DicomTag", "Key": "StudyDate", "Direction": "ASC"}],
+    }
+    assert list(body)[:4] == ["Level", "Query", "Expand", "CaseSensitive"]  # the order sent
+    plain = FindRequest.of("series")
+    assert plain.fields == {} and plain.features == () and plain.labels is None
+    assert FindRequest.of("series", labels=[]).fields == {"Labels": []}  # given, though empty
+    # a count takes the options a count has; any other name is a tag, refused as one
+    assert FindRequest.for_count("study", labels=["a"]).body() == {
+        "Level": "Study",
+        "Query": {},
+        "CaseSensitive": False,
+        "Labels": ["a"],
+    }
+    for option in ("limit", "page_size", "requested_tags", "order_by"):
+        with pytest.raises(UnknownKeyword):
+            FindRequest.for_count("study", **{option: ["StudyDate"]})
+    with pytest.raises(UnknownKeyword):
+        FindRequest.of("study", response_content=[])  # find_json's own argument
+    with pytest.raises(QueryError, match="Orthanc refuses CaseSensitive"):
+        FindRequest.for_count("study", NoSuchTag="x", case_sensitive=True)  # before the query
+    with pytest.raises(QueryError, match="requested_tags: 42 is not a tag name"):
+        FindRequest.of("study", requested_tags=[42])
+
+
 # ---------------------------------------------------------------------------------------------
 # The documented rules, on the sample data (docs/matching.md)
 # ---------------------------------------------------------------------------------------------
