@@ -47,7 +47,7 @@ from .transfer.progress import ProgressOption
 if TYPE_CHECKING:
     from .jobs import Job
     from .modalities import Modality
-    from .query.remote import Parent, SortKeys
+    from .query.extended import Parent, SortKeys
     from .transfer import ExportReport, UploadReport
 
 R = TypeVar("R", bound=Resource)
@@ -329,20 +329,17 @@ class Orthanc(Server):
         """
         from . import query as _query
 
-        name = level if isinstance(level, str) else level.level
-        return _grouped(
-            _query.server_find(
-                self,
-                name,
-                query,
-                limit=limit,
-                case_sensitive=case_sensitive,
-                order_by=order_by,
-                metadata=metadata,
-                parent=parent,
-                **tags,
-            )
+        request = _query.FindRequest.of(
+            level,
+            query,
+            limit=limit,
+            case_sensitive=case_sensitive,
+            order_by=order_by,
+            metadata=metadata,
+            parent=parent,
+            **tags,
         )
+        return _grouped(_query.server_find(self, request))
 
     def find_json(
         self,
@@ -366,12 +363,9 @@ class Orthanc(Server):
         """
         from . import query as _query
 
-        name = level if isinstance(level, str) else level.level
-        return _query.server_find_json(
-            self,
-            name,
+        request = _query.FindRequest.of(
+            level,
             query,
-            response_content=response_content,
             limit=limit,
             case_sensitive=case_sensitive,
             order_by=order_by,
@@ -379,6 +373,7 @@ class Orthanc(Server):
             parent=parent,
             **tags,
         )
+        return _query.server_find_json(self, request, response_content)
 
     def count(
         self,
@@ -395,8 +390,10 @@ class Orthanc(Server):
         """
         from . import query as _query
 
-        name = level if isinstance(level, str) else level.level
-        return _query.server_count(self, name, query, metadata=metadata, parent=parent, **tags)
+        request = _query.FindRequest.for_count(
+            level, query, metadata=metadata, parent=parent, **tags
+        )
+        return _query.server_count(self, request)
 
     def upload(
         self,

@@ -38,6 +38,7 @@ from kkorthanc.query import (
     TAG_NUMBERS,
     WILDCARD_VRS,
     Dialect,
+    FindRequest,
     QueryError,
     UnknownKeyword,
     compile_query,
@@ -285,6 +286,56 @@ def test_local_find_applies_labels_and_refuses_requested_tags() -> None:
         local_find(forest, "patient", requested_tags=["PatientWeight"])
 
 
+def test_a_find_request_holds_the_checked_arguments_and_the_fields_they_become() -> None:
+    request = FindRequest.of(
+        Study,
+        {"patient_name": "DOE*"},
+        limit=5,
+        labels=["b", "a", "b"],
+        labels_constraint="any",
+        requested_tags=["study_description"],
+        order_by="StudyDate",
+        page_size=10,
+        StudyDate="20240101",
+    )
+    assert (request.level, request.limit, request.page_size) == ("Study", 5, 10)
+    assert request.labels == ("a", "b") and request.labels_constraint == "Any"
+    assert request.requested_tags == ("StudyDescription",)
+    # each field is gated by the feature of its name, required in the order of the fields
+    assert request.features == ("Labels", "LabelsConstraint", "RequestedTags", "OrderBy")
+    body = request.body(Expand=True)
+    assert body == {
+        "Level": "Study",
+        "Query": {"0008,0020": "20240101", "0010,0010": "DOE*"},
+        "Expand": True,
+        "CaseSensitive": False,
+        "Labels": ["a", "b"],
+        "LabelsConstraint": "Any",
+        "RequestedTags": ["StudyDescription"],
+        "OrderBy": [{"Type": "DicomTag", "Key": "StudyDate", "Direction": "ASC"}],
+    }
+    assert list(body)[:4] == ["Level", "Query", "Expand", "CaseSensitive"]  # the order sent
+    plain = FindRequest.of("series")
+    assert plain.fields == {} and plain.features == () and plain.labels is None
+    assert FindRequest.of("series", labels=[]).fields == {"Labels": []}  # given, though empty
+    # a count takes the options a count has; any other name is a tag, refused as one
+    assert FindRequest.for_count("study", labels=["a"]).body() == {
+        "Level": "Study",
+        "Query": {},
+        "CaseSensitive": False,
+        "Labels": ["a"],
+    }
+    for option in ("limit", "page_size", "requested_tags", "order_by"):
+        with pytest.raises(UnknownKeyword):
+            FindRequest.for_count("study", **{option: ["StudyDate"]})
+    with pytest.raises(UnknownKeyword):
+        FindRequest.of("study", response_content=[])  # find_json's own argument
+    with pytest.raises(QueryError, match="Orthanc refuses CaseSensitive"):
+        FindRequest.for_count("study", NoSuchTag="x", case_sensitive=True)  # before the query
+    with pytest.raises(QueryError, match="requested_tags: 42 is not a tag name"):
+        FindRequest.of("study", requested_tags=[42])
+
+
 # ---------------------------------------------------------------------------------------------
 # The documented rules, on the sample data (docs/matching.md)
 # ---------------------------------------------------------------------------------------------
@@ -514,12 +565,14 @@ def test_find_pages_with_since_and_limit(
     )
     assert len(everything) == 48
     start = count_requests()
-    paged = server_find(client, "instance", PatientName="*", page_size=10)
+    paged = server_find(client, FindRequest.of("instance", PatientName="*", page_size=10))
     assert count_requests() - start == 5  # 10 + 10 + 10 + 10 + 8
     assert ids(paged) == sorted(everything)
     assert all(isinstance(r, Instance) for r in paged)
     start = count_requests()
-    first = server_find(client, "instance", PatientName="*", limit=15, page_size=10)
+    first = server_find(
+        client, FindRequest.of("instance", PatientName="*", limit=15, page_size=10)
+    )
     assert count_requests() - start == 2  # Limit 10, then Limit 5
     assert ids(first) == sorted(everything[:15])
     start = count_requests()
@@ -591,12 +644,14 @@ def test_modalities_in_study_on_server_and_forest(client: Orthanc) -> None:
             sid for sid, mods in modalities.items() if {m.upper() for m in mods if m} & {
                 i.upper() for i in items}
         )  # fmt: skip
-        paged = server_find(client, "study", ModalitiesInStudy=wanted, page_size=2)
+        paged = server_find(
+            client, FindRequest.of("study", ModalitiesInStudy=wanted, page_size=2)
+        )
         assert ids(paged) == expected, wanted
         assert ids(local_find(forest, "study", ModalitiesInStudy=wanted)) == expected, wanted
         assert all(isinstance(study, Study) for study in paged)
     with_ct = {sid for sid, mods in modalities.items() if "CT" in mods}
-    two = server_find(client, "study", ModalitiesInStudy="CT", limit=2)
+    two = server_find(client, FindRequest.of("study", ModalitiesInStudy="CT", limit=2))
     assert len(two) == 2 and set(ids(two)) < with_ct
     # what the server itself does with Since and Limit here: 1.10 reads Limit as an end
     body = {"Level": "Study", "Query": {"0008,0061": "CT"}, "Since": 2, "Limit": 3}

@@ -8,8 +8,9 @@ versions and index backends answer differently, a :class:`Dialect` names the ser
 forest's answers follow.
 
 Modules: :mod:`.engine` (normalizations and matchers), :mod:`.compile` (names and values to
-constraints), :mod:`.remote` (the server), :mod:`.local` (a forest), :mod:`.extended` (the
-sort keys, metadata patterns, parent and response content of Orthanc 1.12.5).
+constraints), :mod:`.request` (a find's arguments, checked once, as a :class:`FindRequest`),
+:mod:`.remote` (the server), :mod:`.local` (a forest), :mod:`.extended` (the sort keys,
+metadata patterns, parent and response content of Orthanc 1.12.5).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .engine import (
 from .extended import RESPONSE_CONTENT, OrderBy
 from .local import ForestLike, local_find
 from .remote import server_count, server_find, server_find_json
+from .request import FindRequest
 
 #: Level names from the top down: the ``level`` of each class in ``kkorthanc.models.LEVELS``.
 LEVELS: tuple[Level, ...] = tuple(cls.level for cls in _LEVEL_CLASSES)
@@ -54,6 +56,7 @@ __all__ = [
     "CompiledQuery",
     "Constraint",
     "Dialect",
+    "FindRequest",
     "ForestLike",
     "Kind",
     "LabelsConstraint",

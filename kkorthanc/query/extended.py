@@ -25,6 +25,8 @@ __all__ = [
     "RESPONSE_CONTENT",
     "ExtendedFields",
     "OrderBy",
+    "Parent",
+    "SortKeys",
     "extended_fields",
     "response_content",
 ]
@@ -94,6 +96,12 @@ class OrderBy:
         return {"Type": kind, "Key": key, "Direction": "DESC" if self.descending else "ASC"}
 
 
+#: what ``order_by`` takes: one sort key or several, each an :class:`OrderBy` or a tag name
+SortKeys = OrderBy | str | Iterable[OrderBy | str]
+#: what ``parent`` takes: a model, or ``(level, Orthanc ID)``
+Parent = Resource | tuple[str, str]
+
+
 @dataclass(frozen=True)
 class ExtendedFields:
     """The checked 1.12.5 fields of one find: the request fields and the features they need."""
@@ -112,9 +120,9 @@ class ExtendedFields:
 def extended_fields(
     level: str,
     *,
-    order_by: OrderBy | str | Iterable[OrderBy | str] | None = None,
+    order_by: SortKeys | None = None,
     metadata: Mapping[str, str] | None = None,
-    parent: Resource | tuple[str, str] | None = None,
+    parent: Parent | None = None,
 ) -> ExtendedFields:
     """Check a find's sort keys, metadata filters and parent against its ``level``.
 
@@ -162,7 +170,7 @@ def response_content(names: Iterable[str]) -> list[str]:
     return [name for name in RESPONSE_CONTENT if name in wanted]
 
 
-def _sort_keys(level: str, order_by: OrderBy | str | Iterable[OrderBy | str]) -> list[OrderBy]:
+def _sort_keys(level: str, order_by: SortKeys) -> list[OrderBy]:
     items = [order_by] if isinstance(order_by, (OrderBy, str)) else list(order_by)
     if not items:
         raise QueryError("order_by is empty: give at least one OrderBy, or leave it out")
@@ -207,7 +215,7 @@ def _metadata_query(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(sorted(query.items()))
 
 
-def _parent(level: str, parent: Resource | tuple[str, str]) -> tuple[str, str]:
+def _parent(level: str, parent: Parent) -> tuple[str, str]:
     """The request field and Orthanc ID restricting a find of ``level`` to descendants."""
     if isinstance(parent, Resource):
         owner, parent_id = type(parent), parent.id

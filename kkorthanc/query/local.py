@@ -169,8 +169,8 @@ def local_find(
 ) -> list[Any]:
     """Resources of ``level`` in ``forest`` that match, sorted by Orthanc ID. No request.
 
-    The rules are those of :func:`~kkorthanc.query.server_find` (same arguments, same
-    refusals), applied to the main DICOM tags the forest holds. As on the server, below the
+    The rules are those of :func:`~kkorthanc.query.server_find` (the same query arguments
+    and refusals), applied to the main DICOM tags the forest holds. As on the server, below the
     Patient level the patient tags are those stored with each study (``Study.
     patient_main_dicom_tags``), and a patient-level query checks the patient's own tags,
     then the copy stored with one of its studies (which one depends on the index: see
