@@ -128,6 +128,13 @@ class Resource(ServerObject):
         super().__setattr__(name, value)
 
     @classmethod
+    def child_ids_key(cls) -> str | None:
+        """The key of the children's Orthanc IDs in Orthanc's JSON (``Studies``, ``Series``,
+        ``Instances``; ``None`` for instances): the alias of :attr:`child_ids_field`."""
+        field = cls.child_ids_field
+        return None if field is None else cls.model_fields[field].alias
+
+    @classmethod
     def from_orthanc(cls: type[R], data: dict[str, Any], client: Server | None = None) -> R:
         """Build a model from an expanded Orthanc JSON object.
 

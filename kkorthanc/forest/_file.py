@@ -91,16 +91,6 @@ def identifier_key(value: Any) -> str | None:
     return normalize_identifier(value)
 
 
-def child_key(cls: type[Resource]) -> str | None:
-    """The JSON key of a level's child-ID list (``Studies``, ``Series``, ``Instances``)."""
-    field = cls.child_ids_field
-    if field is None:
-        return None
-    alias = cls.model_fields[field].alias
-    assert alias is not None
-    return alias
-
-
 #: Keys of Orthanc's JSON never stored: ``POST /tools/bulk-content`` (what an update reads)
 #: adds ``Metadata``, which the listings do not send and the models do not read, and which
 #: names the HTTP user and the address that uploaded each instance.

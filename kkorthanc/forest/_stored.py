@@ -25,7 +25,6 @@ from ._file import (
     ForestFile,
     Listed,
     Row,
-    child_key,
     identifier_key,
     make_dictionary,
     pos_range,
@@ -166,7 +165,7 @@ def _link_staged(
             cls = LEVELS[level - 1]
             codec = file.codecs[level]
             item = codec.decode(data, resource_id, parent)
-            key = child_key(cls)
+            key = cls.child_ids_key()
             assert key is not None
             item[key] = list(kids)
             updates.append((codec.encode(item), len(kids), pos))
@@ -412,7 +411,7 @@ class _StoredState(_State):
 
     def child_owners(self, parent_cls: type[Resource]) -> dict[str, str]:
         """Child ID -> parent ID over a whole level, read from the file (what is written)."""
-        key = child_key(parent_cls)
+        key = parent_cls.child_ids_key()
         assert key is not None
         codec = self.file.codecs[parent_cls.depth]
         owners: dict[str, str] = {}
@@ -433,7 +432,7 @@ def _as_held(item: dict[str, Any], obj: Resource) -> tuple[dict[str, Any], bool]
     cls = type(obj)
     fields = obj.__dict__
     changes: dict[str, Any] = {}
-    key = child_key(cls)
+    key = cls.child_ids_key()
     if key is not None and item.get(key) != list(obj.child_ids):
         changes[key] = list(obj.child_ids)
     if "is_stable" in fields and item.get("IsStable") != fields["is_stable"]:

@@ -53,8 +53,9 @@ def _listings(
     by_path = {f"/{cls.collection}": cls for cls in levels}
     named_by = []
     for cls in levels[:-1]:
-        assert cls.child_ids_field is not None
-        named_by.append(cls.model_fields[cls.child_ids_field].alias or cls.child_ids_field)
+        key = cls.child_ids_key()
+        assert key is not None
+        named_by.append(key)
     pages = client.iter_listings(
         list(by_path), page_size=page_size, prefetch=True, named_by=named_by
     )

@@ -167,7 +167,8 @@ class _CompactState(_State):
         for parent_cls, child_cls in itertools.pairwise(levels):
             parents = meta[parent_cls]
             children = meta[child_cls]
-            key = _child_key(parent_cls)
+            key = parent_cls.child_ids_key()
+            assert key is not None
             for parent_id in parents:
                 if parent_id not in roots:  # left out: so are its children
                     continue
@@ -280,14 +281,6 @@ class _CompactState(_State):
         if self.full:
             return sum(len(self.tables[cls]) for cls in self.levels)
         return sum(len(made) for made in self.made.values())
-
-
-def _child_key(cls: type[Resource]) -> str:
-    field = cls.child_ids_field
-    assert field is not None
-    alias = cls.model_fields[field].alias
-    assert alias is not None
-    return alias
 
 
 def _add(keys: dict[str, Any], value: str | None, resource_id: str) -> None:
